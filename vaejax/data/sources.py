@@ -1,0 +1,456 @@
+"""Loading whole image-classification data sets into memory as numpy arrays.
+
+Two sources, tried in this order when `source='auto'`:
+  * IDX files (the format MNIST and Fashion-MNIST are distributed in), from
+    `data.dir`, `$VAEJAX_DATA_DIR` or the system directory Debian's
+    `dataset-fashion-mnist` package installs to;
+  * a TFDS copy prepared in ArrayRecord format, read without TensorFlow. TFDS
+    downloads and prepares one only when TensorFlow is installed and the
+    download host serves a small file within `download_timeout_s`, so a
+    machine without either fails in seconds instead of waiting in TFDS's
+    retry loop.
+"""
+
+import dataclasses
+import http.client
+import importlib.util
+import os
+import pathlib
+import re
+import threading
+import urllib.parse
+import urllib.request
+
+from absl import logging
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from vaejax.data.idx import DataError
+from vaejax.data.idx import read_idx
+
+# Debian's dataset-* packages install data sets under this directory.
+SYSTEM_DATA_ROOT = '/usr/share/datasets'
+DATA_DIR_ENV_VAR = 'VAEJAX_DATA_DIR'
+SOURCES = ('auto', 'idx', 'tfds')
+IDX_FILE_STEMS = {
+    'train_images': 'train-images-idx3-ubyte',
+    'train_labels': 'train-labels-idx1-ubyte',
+    'test_images': 't10k-images-idx3-ubyte',
+    'test_labels': 't10k-labels-idx1-ubyte',
+}
+
+
+class DataNotFoundError(DataError):
+  """No source has the requested data set; the message lists what was tried."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  """What vaejax knows about a data set before loading it."""
+  tfds_name: str
+  system_dir_name: str
+  debian_package: str | None
+  download_url: str
+  image_shape: tuple[int, int, int]
+  class_names: tuple[str, ...]
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+
+KNOWN_DATASETS = {
+    'fashion_mnist': DatasetSpec(
+        tfds_name='fashion_mnist',
+        system_dir_name='fashion-mnist',
+        debian_package='dataset-fashion-mnist',
+        download_url=('http://fashion-mnist.s3-website.eu-central-1'
+                      '.amazonaws.com/'),
+        image_shape=(28, 28, 1),
+        class_names=('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+                     'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'),
+    ),
+    'mnist': DatasetSpec(
+        tfds_name='mnist',
+        system_dir_name='mnist',
+        debian_package=None,
+        download_url='https://storage.googleapis.com/cvdf-datasets/mnist/',
+        image_shape=(28, 28, 1),
+        class_names=tuple(str(digit) for digit in range(10)),
+    ),
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Split:
+  """Examples of one split: images uint8 [N, H, W, C], labels int32 [N]."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+  """A whole data set in memory.
+
+  Attributes:
+    name: the key in KNOWN_DATASETS.
+    train: training examples (without those moved to `validation`).
+    validation: the last `validation_size` training examples, or None.
+    test: test examples.
+    source: where the examples were read from, for logs and reports.
+    image_shape: (H, W, C) of every image.
+    num_classes: labels are in [0, num_classes).
+    class_names: the name of each label.
+  """
+  name: str
+  train: Split
+  validation: Split | None
+  test: Split
+  source: str
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  class_names: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _LoadedSplits:
+  train: Split
+  test: Split
+  source: str
+
+
+def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
+  """Loads a whole data set into memory from IDX files or a TFDS copy.
+
+  Args:
+    data_config: with fields `name` (a key of KNOWN_DATASETS) and optionally
+      `dir` (directory with the four IDX files), `source` ('auto', 'idx' or
+      'tfds'; default 'auto'), `tfds_data_dir` (default: $TFDS_DATA_DIR or
+      ~/tensorflow_datasets), `validation_size` (training examples to hold
+      out; default 0) and `download_timeout_s` (connection probe before a
+      TFDS download; default 5).
+
+  Returns:
+    The data set, with `source` saying where it came from.
+
+  Raises:
+    DataNotFoundError: no source has the data; the message lists each
+      location tried, why it failed, and how to install the data.
+    DataError: the config is invalid or the data found is malformed.
+  """
+  name = data_config.get('name')
+  if name not in KNOWN_DATASETS:
+    raise DataError(f'Unknown data set name {name!r}; known names: '
+                    f'{", ".join(sorted(KNOWN_DATASETS))}.')
+  spec = KNOWN_DATASETS[name]
+  source = data_config.get('source', 'auto')
+  if source not in SOURCES:
+    raise DataError(f'Unknown data source {source!r}; known sources: '
+                    f'{", ".join(SOURCES)}.')
+
+  failed_attempts = []
+  loaded = None
+  if source in ('auto', 'idx'):
+    loaded = _load_from_idx(name, spec, data_config.get('dir'),
+                            failed_attempts)
+  if loaded is None and source in ('auto', 'tfds'):
+    loaded = _load_from_tfds(spec, data_config.get('tfds_data_dir'),
+                             data_config.get('download_timeout_s', 5.0),
+                             failed_attempts)
+  if loaded is None:
+    raise DataNotFoundError(
+        _not_found_message(name, spec, source, failed_attempts))
+
+  train, validation = _hold_out_validation(
+      loaded.train, data_config.get('validation_size', 0))
+  logging.info('Loaded %s from %s: %d train, %d validation, %d test examples.',
+               name, loaded.source, len(train),
+               len(validation) if validation else 0, len(loaded.test))
+  return Dataset(
+      name=name,
+      train=train,
+      validation=validation,
+      test=loaded.test,
+      source=loaded.source,
+      image_shape=spec.image_shape,
+      num_classes=spec.num_classes,
+      class_names=spec.class_names,
+  )
+
+
+def _hold_out_validation(
+    train: Split, validation_size: int
+) -> tuple[Split, Split | None]:
+  """Moves the last `validation_size` training examples to a new split."""
+  if validation_size == 0:
+    return train, None
+  if not 0 < validation_size < len(train):
+    raise DataError(
+        f'validation_size={validation_size} must be 0 (no validation split) '
+        f'or between 1 and {len(train) - 1}: the training split has '
+        f'{len(train)} examples.')
+  return (
+      Split(train.images[:-validation_size], train.labels[:-validation_size]),
+      Split(train.images[-validation_size:], train.labels[-validation_size:]),
+  )
+
+
+def _validated_split(
+    images: np.ndarray, labels: np.ndarray, spec: DatasetSpec, origin: str,
+    fix: str
+) -> Split:
+  """Checks images [N, H, W, C] and labels [N] against `spec`."""
+  if images.dtype != np.uint8 or images.shape[1:] != spec.image_shape:
+    raise DataError(
+        f'{origin}: expected uint8 images of shape [N, '
+        f'{", ".join(map(str, spec.image_shape))}], got {images.dtype} '
+        f'{list(images.shape)}; {fix}.')
+  if labels.ndim != 1:
+    raise DataError(f'{origin}: expected labels of shape [N], got '
+                    f'{list(labels.shape)}; {fix}.')
+  if len(images) != len(labels):
+    raise DataError(f'{origin}: {len(images)} images but {len(labels)} '
+                    f'labels; {fix}.')
+  if len(labels) and not 0 <= labels.min() <= labels.max() < spec.num_classes:
+    raise DataError(
+        f'{origin}: labels range over [{labels.min()}, {labels.max()}], '
+        f'expected [0, {spec.num_classes - 1}]; {fix}.')
+  return Split(images=images, labels=labels.astype(np.int32))
+
+
+# IDX files.
+
+
+def _idx_search_dirs(
+    name: str, spec: DatasetSpec, config_dir: str | os.PathLike | None
+) -> list[tuple[str, pathlib.Path | None]]:
+  """(description, directory or None when unset) for each place to look."""
+  env_dir = os.environ.get(DATA_DIR_ENV_VAR) or None
+  env_dirs = [None]
+  if env_dir:
+    env_dirs = list(dict.fromkeys(
+        pathlib.Path(env_dir) / sub for sub in
+        ('', name, name.replace('_', '-'))))
+  system_dir = pathlib.Path(SYSTEM_DATA_ROOT) / spec.system_dir_name
+  return (
+      [('data.dir', pathlib.Path(config_dir) if config_dir else None)]
+      + [(f'${DATA_DIR_ENV_VAR}', d) for d in env_dirs]
+      + [('system data directory', system_dir)]
+  )
+
+
+def _idx_paths(directory: pathlib.Path) -> dict[str, pathlib.Path]:
+  """The IDX files present in `directory`, plain or gzipped, by split part."""
+  paths = {}
+  for part, stem in IDX_FILE_STEMS.items():
+    for file_name in (stem, f'{stem}.gz'):
+      if (directory / file_name).is_file():
+        paths[part] = directory / file_name
+        break
+  return paths
+
+
+def _read_idx_split(
+    images_path: pathlib.Path, labels_path: pathlib.Path, spec: DatasetSpec
+) -> Split:
+  images = read_idx(images_path)
+  labels = read_idx(labels_path)
+  origin = f'{images_path} and {labels_path}'
+  fix = 're-download or reinstall the files'
+  if images.ndim != 3:
+    raise DataError(f'{images_path}: expected images of shape [N, H, W], got '
+                    f'{list(images.shape)}; {fix}.')
+  return _validated_split(images[..., np.newaxis], labels, spec, origin, fix)
+
+
+def _load_from_idx(
+    name: str, spec: DatasetSpec, config_dir: str | os.PathLike | None,
+    failed_attempts: list[str]
+) -> _LoadedSplits | None:
+  """Reads the first directory holding all four IDX files, if any."""
+  for description, directory in _idx_search_dirs(name, spec, config_dir):
+    if directory is None:
+      failed_attempts.append(f'IDX files in {description}: not set')
+      continue
+    where = f'IDX files in {directory} ({description})'
+    if not directory.is_dir():
+      failed_attempts.append(f'{where}: no such directory')
+      continue
+    paths = _idx_paths(directory)
+    missing = [f'{IDX_FILE_STEMS[part]}[.gz]'
+               for part in IDX_FILE_STEMS if part not in paths]
+    if missing:
+      failed_attempts.append(f'{where}: missing {", ".join(missing)}')
+      continue
+    if config_dir and directory != pathlib.Path(config_dir):
+      logging.warning('No IDX files in data.dir, so using %s. Tried: %s',
+                      directory, '; '.join(failed_attempts))
+    return _LoadedSplits(
+        train=_read_idx_split(paths['train_images'], paths['train_labels'],
+                              spec),
+        test=_read_idx_split(paths['test_images'], paths['test_labels'], spec),
+        source=f'IDX files in {directory}',
+    )
+  return None
+
+
+# TFDS.
+
+
+def _tensorflow_installed() -> bool:
+  return importlib.util.find_spec('tensorflow') is not None
+
+
+def can_download(url: str, timeout_s: float) -> bool:
+  """Whether an HTTP GET of `url` answers with a 2xx status within timeout_s.
+
+  A real request, not just a TCP connection, so that a proxy or captive portal
+  that accepts every connection does not pass. It runs in a daemon thread
+  because name resolution ignores socket timeouts and can hang for long on a
+  machine without DNS.
+  """
+  succeeded = threading.Event()
+  finished = threading.Event()
+
+  def fetch_headers():
+    try:
+      with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        if 200 <= response.status < 300:
+          succeeded.set()
+    except (OSError, http.client.HTTPException):
+      pass
+    finally:
+      finished.set()
+
+  threading.Thread(target=fetch_headers, daemon=True).start()
+  finished.wait(timeout_s)
+  return succeeded.is_set()
+
+
+def _tfds_data_dir(tfds_data_dir: str | os.PathLike | None) -> pathlib.Path:
+  """The explicit data dir, else TFDS's default (read now, not at import)."""
+  data_dir = (tfds_data_dir or os.environ.get('TFDS_DATA_DIR')
+              or '~/tensorflow_datasets')
+  return pathlib.Path(data_dir).expanduser()
+
+
+def _prepared_version_dirs(dataset_dir: pathlib.Path) -> list[pathlib.Path]:
+  """Version directories holding a dataset_info.json, newest first."""
+  version_dirs = [
+      info_path.parent for info_path in dataset_dir.glob('*/dataset_info.json')
+      if re.fullmatch(r'\d+\.\d+\.\d+', info_path.parent.name)]
+  return sorted(version_dirs, reverse=True,
+                key=lambda d: tuple(int(n) for n in d.name.split('.')))
+
+
+def _read_tfds_split(
+    builder: tfds.core.DatasetBuilder, split: str
+) -> dict[str, np.ndarray]:
+  """Reads a prepared split into {'image': ..., 'label': ...}.
+
+  ArrayRecord files are read without TensorFlow; other formats (TFRecord is
+  what `tfds build` writes by default) need it.
+  """
+  if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:
+    data_source = builder.as_data_source(split=split)
+    examples = data_source.__getitems__(list(range(len(data_source))))
+    return {
+        'image': np.stack([example['image'] for example in examples]),
+        'label': np.array([example['label'] for example in examples]),
+    }
+  return tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+
+
+def _read_tfds_prepared(
+    builder: tfds.core.DatasetBuilder, spec: DatasetSpec
+) -> _LoadedSplits:
+  version_dir = builder.data_dir
+  fix = f'delete {version_dir} and prepare it again'
+  features = set(builder.info.features.keys())
+  splits = set(builder.info.splits.keys())
+  if not {'image', 'label'} <= features or not {'train', 'test'} <= splits:
+    raise DataError(
+        f'{version_dir}: expected features image and label and splits train '
+        f'and test, found features {sorted(features)} and splits '
+        f'{sorted(splits)}; {fix}.')
+  loaded = {}
+  for split in ('train', 'test'):
+    examples = _read_tfds_split(builder, split)
+    loaded[split] = _validated_split(
+        examples['image'], examples['label'], spec,
+        f'{version_dir} split {split}', fix)
+  return _LoadedSplits(
+      train=loaded['train'], test=loaded['test'],
+      source=f'TFDS {spec.tfds_name} ({builder.info.file_format.value}) in '
+             f'{version_dir}')
+
+
+def _load_from_tfds(
+    spec: DatasetSpec, tfds_data_dir: str | os.PathLike | None,
+    download_timeout_s: float, failed_attempts: list[str]
+) -> _LoadedSplits | None:
+  """Reads a prepared TFDS copy, preparing one first only if that can work."""
+  data_dir = _tfds_data_dir(tfds_data_dir)
+  dataset_dir = data_dir / spec.tfds_name
+  version_dirs = _prepared_version_dirs(dataset_dir)
+  if not version_dirs:
+    failed_attempts.append(
+        f'TFDS copy in {dataset_dir}: not prepared (no '
+        '<version>/dataset_info.json)')
+  for version_dir in version_dirs:
+    builder = tfds.builder_from_directory(version_dir)
+    file_format = builder.info.file_format
+    if (file_format == tfds.core.FileFormat.ARRAY_RECORD
+        or _tensorflow_installed()):
+      return _read_tfds_prepared(builder, spec)
+    failed_attempts.append(
+        f'TFDS copy in {version_dir}: stored as {file_format.value}, which '
+        'needs TensorFlow to read; rebuild it with --file_format=array_record')
+
+  download = f'TFDS download of {spec.tfds_name} into {data_dir}'
+  if not _tensorflow_installed():
+    failed_attempts.append(
+        f'{download}: TensorFlow is not installed (TFDS needs it to prepare '
+        'data)')
+    return None
+  # TFDS retries a failed download for minutes; one small file tells sooner.
+  probe_url = urllib.parse.urljoin(
+      spec.download_url, f'{IDX_FILE_STEMS["train_labels"]}.gz')
+  if not can_download(probe_url, download_timeout_s):
+    failed_attempts.append(
+        f'{download}: could not fetch {probe_url} within '
+        f'{download_timeout_s:g} s')
+    return None
+  builder = tfds.builder(spec.tfds_name, data_dir=data_dir,
+                         file_format=tfds.core.FileFormat.ARRAY_RECORD)
+  builder.download_and_prepare()
+  return _read_tfds_prepared(builder, spec)
+
+
+def _not_found_message(
+    name: str, spec: DatasetSpec, source: str, failed_attempts: list[str]
+) -> str:
+  tried = '\n'.join(f'  - {attempt}' for attempt in failed_attempts)
+  fixes = []
+  if source in ('auto', 'idx'):
+    if spec.debian_package:
+      fixes.append(
+          f'apt-get install -y {spec.debian_package}  (Debian/Ubuntu; '
+          f'installs the IDX files in {SYSTEM_DATA_ROOT}/'
+          f'{spec.system_dir_name})')
+    file_names = ', '.join(f'{stem}.gz' for stem in IDX_FILE_STEMS.values())
+    fixes.append(
+        f'put the four IDX files ({file_names}) in a directory DIR, then pass '
+        f'--config.data.dir=DIR or set {DATA_DIR_ENV_VAR}=DIR')
+  if source in ('auto', 'tfds'):
+    fixes.append(
+        "prepare it with TFDS: pip install 'vaejax[tfds-prepare]' && "
+        f'tfds build {spec.tfds_name} --file_format=array_record '
+        '[--data_dir=DIR, then pass --config.data.tfds_data_dir=DIR]')
+  fix = '\n'.join(f'  - {fix}' for fix in fixes)
+  return (f'No {name} data found (source={source!r}). Tried:\n{tried}\n'
+          f'To fix, do one of:\n{fix}')

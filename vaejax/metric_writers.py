@@ -1,0 +1,73 @@
+"""Metrics to TensorBoard event files and to the console, with rate and ETA.
+
+TensorBoard events are written with tensorboardX (no TensorFlow needed) and
+read by TensorBoard as usual: `tensorboard --logdir WORKDIR`.
+"""
+import logging
+import time
+
+import numpy as np
+import tensorboardX
+
+from vaejax import images as image_lib
+
+
+class MetricWriter:
+  """Writes scalars and image grids; only process 0 writes anything."""
+
+  def __init__(self, logdir, enabled=True):
+    self._writer = tensorboardX.SummaryWriter(logdir) if enabled else None
+
+  def write_scalars(self, step, scalars):
+    if self._writer is None:
+      return
+    for name, value in scalars.items():
+      self._writer.add_scalar(name, float(value), int(step))
+    self._writer.flush()
+
+  def write_image(self, step, name, grid):
+    """grid: [h, w, C] in [0, 1]."""
+    if self._writer is None:
+      return
+    self._writer.add_image(name, image_lib.to_uint8(grid), int(step),
+                           dataformats='HWC')
+    self._writer.flush()
+
+  def close(self):
+    if self._writer is not None:
+      self._writer.close()
+
+
+def format_duration(seconds):
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  if hours:
+    return f'{hours}h{minutes:02d}m'
+  if minutes:
+    return f'{minutes}m{seconds:02d}s'
+  return f'{seconds}s'
+
+
+class ProgressReporter:
+  """Logs `step/total`, chosen metrics, steps/s, examples/s and ETA."""
+
+  def __init__(self, num_steps, batch_size, first_step=0):
+    self.num_steps = num_steps
+    self.batch_size = batch_size
+    self._last_step = first_step
+    self._last_time = time.perf_counter()
+
+  def report(self, step, scalars):
+    now = time.perf_counter()
+    elapsed = max(now - self._last_time, 1e-9)
+    steps_per_s = (step - self._last_step) / elapsed
+    self._last_step, self._last_time = step, now
+    eta = (self.num_steps - step) / steps_per_s if steps_per_s > 0 else np.inf
+    shown = ' '.join(f'{k}={float(v):.4g}' for k, v in scalars.items())
+    logging.info(
+        '[%d/%d %3.0f%%] %s | %.1f steps/s, %.0f examples/s, ETA %s',
+        step, self.num_steps, 100.0 * step / self.num_steps, shown,
+        steps_per_s, steps_per_s * self.batch_size,
+        format_duration(eta) if np.isfinite(eta) else '?')
+    return steps_per_s

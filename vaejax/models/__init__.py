@@ -1,0 +1,25 @@
+"""Model registry: `config.model.name` -> builder(model_config, image_shape, likelihood)."""
+from vaejax import registry
+from vaejax.models import vae
+
+MODELS = registry.Registry('model', {
+    'mlp_vae': vae.mlp_vae,
+    'conv_vae': vae.conv_vae,
+})
+
+
+def build_model(config, image_shape, likelihood):
+  """Builds the flax module named by `config.model.name` for `image_shape`.
+
+  Raises an error naming both shapes when the experiment fixes an image shape
+  (`config.model.image_shape`) that differs from the data's.
+  """
+  builder = MODELS.get(config.model.name)
+  expected = config.model.get('image_shape')
+  if expected and tuple(expected) != tuple(image_shape):
+    raise ValueError(
+        f'Model {config.model.name!r} is configured for images of shape '
+        f'{tuple(expected)} but the data {config.data.name!r} has images of '
+        f'shape {tuple(image_shape)}. Change config.model.image_shape or the '
+        f'dataset.')
+  return builder(config.model, tuple(image_shape), likelihood)

@@ -1,0 +1,123 @@
+"""Variational autoencoder networks: MLP and convolutional encoders/decoders.
+
+Encoders map images [B, H, W, C] to (mean, log-variance) [B, latent_dim];
+decoders map codes [B, latent_dim] to the likelihood's parameters
+[B, H, W, C * num_params]. Models are flax.linen modules in NHWC.
+"""
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MLPGaussianEncoder(nn.Module):
+  """Flatten -> ReLU MLP -> (mean, log-variance)."""
+  hidden_sizes: Sequence[int]
+  latent_dim: int
+
+  @nn.compact
+  def __call__(self, x):
+    h = x.reshape(x.shape[0], -1)
+    for i, size in enumerate(self.hidden_sizes):
+      h = nn.relu(nn.Dense(size, name=f'hidden_{i}')(h))
+    mean = nn.Dense(self.latent_dim, name='mean')(h)
+    logvar = nn.Dense(self.latent_dim, name='logvar')(h)
+    return mean, logvar
+
+
+class MLPDecoder(nn.Module):
+  """Code -> ReLU MLP -> likelihood parameters with the image's shape."""
+  hidden_sizes: Sequence[int]
+  output_shape: Sequence[int]
+
+  @nn.compact
+  def __call__(self, z):
+    h = z
+    for i, size in enumerate(self.hidden_sizes):
+      h = nn.relu(nn.Dense(size, name=f'hidden_{i}')(h))
+    h = nn.Dense(math.prod(self.output_shape), name='output')(h)
+    return h.reshape(z.shape[0], *self.output_shape)
+
+
+class ConvGaussianEncoder(nn.Module):
+  """Stride-2 3x3 convolutions (one per entry of `channels`) -> dense heads."""
+  channels: Sequence[int]
+  latent_dim: int
+  hidden_size: int = 256
+
+  @nn.compact
+  def __call__(self, x):
+    h = x
+    for i, c in enumerate(self.channels):
+      h = nn.gelu(nn.Conv(c, (3, 3), strides=(2, 2), name=f'conv_{i}')(h))
+    h = h.reshape(h.shape[0], -1)
+    h = nn.gelu(nn.Dense(self.hidden_size, name='hidden')(h))
+    mean = nn.Dense(self.latent_dim, name='mean')(h)
+    logvar = nn.Dense(self.latent_dim, name='logvar')(h)
+    return mean, logvar
+
+
+class ConvDecoder(nn.Module):
+  """Dense -> grid at 1/2^L resolution -> stride-2 transposed convolutions."""
+  channels: Sequence[int]  # encoder order; the decoder runs them reversed
+  output_shape: Sequence[int]
+  hidden_size: int = 256
+
+  @nn.compact
+  def __call__(self, z):
+    height, width, out_channels = self.output_shape
+    scale = 2 ** len(self.channels)
+    h = nn.gelu(nn.Dense(self.hidden_size, name='hidden')(z))
+    grid = (height // scale, width // scale, self.channels[-1])
+    h = nn.gelu(nn.Dense(math.prod(grid), name='to_grid')(h))
+    h = h.reshape(z.shape[0], *grid)
+    for i, c in enumerate(reversed(self.channels)):
+      h = nn.gelu(nn.ConvTranspose(c, (3, 3), strides=(2, 2),
+                                   name=f'deconv_{i}')(h))
+    return nn.Conv(out_channels, (3, 3), name='output')(h)
+
+
+class VAE(nn.Module):
+  """An encoder q(z|x) and a decoder p(x|z); the objective combines them."""
+  encoder: nn.Module
+  decoder: nn.Module
+
+  def encode(self, x):
+    return self.encoder(x)
+
+  def decode(self, z):
+    return self.decoder(z)
+
+  def __call__(self, x):
+    mean, _ = self.encode(x)
+    return self.decode(mean)
+
+
+def _output_shape(image_shape, likelihood):
+  height, width, channels = image_shape
+  return (height, width, channels * likelihood.num_params)
+
+
+def mlp_vae(config, image_shape, likelihood):
+  hidden = tuple(config.hidden_sizes)
+  return VAE(
+      encoder=MLPGaussianEncoder(hidden, config.latent_dim),
+      decoder=MLPDecoder(hidden[::-1], _output_shape(image_shape, likelihood)))
+
+
+def conv_vae(config, image_shape, likelihood):
+  channels = tuple(config.channels)
+  scale = 2 ** len(channels)
+  height, width, _ = image_shape
+  if height % scale or width % scale:
+    raise ValueError(
+        f'conv_vae with {len(channels)} stride-2 layers needs image height '
+        f'and width divisible by {scale}, but the data has images of shape '
+        f'{tuple(image_shape)}. Use fewer entries in config.model.channels or '
+        f'the mlp_vae model.')
+  hidden = config.get('hidden_size', 256)
+  return VAE(
+      encoder=ConvGaussianEncoder(channels, config.latent_dim, hidden),
+      decoder=ConvDecoder(channels, _output_shape(image_shape, likelihood),
+                          hidden))

@@ -1,0 +1,48 @@
+"""Gaussian latents: reparameterisation, closed-form KL and log densities.
+
+All functions are pure and work on one example or a batch (leading axes are
+broadcast); PRNG keys are explicit.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def reparameterize(key, mean, logvar, num_samples=None):
+  """Draws z = mean + exp(logvar / 2) * eps with eps ~ N(0, I).
+
+  Args:
+    key: a PRNG key.
+    mean, logvar: arrays of the same shape.
+    num_samples: if given, draws that many samples along a new leading axis.
+
+  Returns:
+    z with shape `mean.shape` or `(num_samples, *mean.shape)`; the gradient
+    flows through `mean` and `logvar`.
+  """
+  shape = mean.shape if num_samples is None else (num_samples, *mean.shape)
+  eps = jax.random.normal(key, shape, mean.dtype)
+  return mean + jnp.exp(0.5 * logvar) * eps
+
+
+def gaussian_kl(mean, logvar):
+  """KL(N(mean, diag exp(logvar)) || N(0, I)) per dimension (not summed).
+
+  KL_j = 1/2 (sigma_j^2 + mean_j^2 - 1 - log sigma_j^2).
+  """
+  return 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)
+
+
+def gaussian_log_prob(z, mean, logvar):
+  """log N(z; mean, diag exp(logvar)), summed over the last axis."""
+  log_density = -0.5 * (
+      LOG_2PI + logvar + jnp.square(z - mean) * jnp.exp(-logvar))
+  return jnp.sum(log_density, axis=-1)
+
+
+def standard_normal_log_prob(z):
+  """log N(z; 0, I), summed over the last axis."""
+  return jnp.sum(-0.5 * (LOG_2PI + jnp.square(z)), axis=-1)

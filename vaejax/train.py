@@ -1,0 +1,340 @@
+"""The one train loop: `train_and_evaluate(config, workdir)`.
+
+Every model family trains here. What varies between families is chosen by
+name in the config and plugged in through three registries:
+  * `models.MODELS`: the flax module (networks only);
+  * `objectives.OBJECTIVES`: a loss function with the shared signature
+    `(model, variables, batch, keys, step, train) -> (per_example_loss,
+    metrics, model_state)`; non-parameter collections it returns (batch-norm
+    statistics, codebook EMAs, EM statistics) replace the old ones;
+  * `data.transforms.TRANSFORMS`: uint8 images -> model inputs, on device.
+
+The training set lives on device; `steps_per_dispatch` steps run inside one
+`lax.scan`, under `jax.shard_map` over the `data` mesh axis, with explicit
+`lax.pmean` of gradients, metrics and model state.
+
+Randomness: one root key from `config.seed`, split into named streams. In
+step s the example at position i of the global batch gets the key
+fold_in(fold_in(train_key, s), i), so the numbers do not depend on the
+device count. The data order is a NumPy permutation per epoch seeded by
+(seed, epoch): a resumed run sees exactly the batches of an uninterrupted one.
+"""
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax import lax
+from jax.sharding import PartitionSpec as P
+
+from vaejax import checkpoint
+from vaejax import data as data_lib
+from vaejax import evaluate
+from vaejax import metric_writers
+from vaejax import models
+from vaejax import objectives
+from vaejax import optim
+from vaejax import sharding
+from vaejax.data import transforms
+from vaejax.objectives import likelihoods
+
+KEY_STREAMS = ('init', 'data', 'train', 'eval', 'sample')
+
+
+class NonFiniteError(FloatingPointError):
+  """Training produced NaN or inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything built from a config before any training work."""
+  config: ml_collections.ConfigDict
+  dataset: Any
+  mesh: jax.sharding.Mesh
+  model: nn.Module
+  objective: Callable
+  likelihood: Any
+  transform: transforms.Transform
+  optimizer: optax.GradientTransformation
+  keys: dict
+
+  @property
+  def image_shape(self):
+    return self.dataset.image_shape
+
+  @property
+  def num_dims(self):
+    return math.prod(self.image_shape)
+
+
+def named_keys(seed):
+  """The root key split into the named streams of KEY_STREAMS."""
+  keys = jax.random.split(jax.random.key(seed), len(KEY_STREAMS))
+  return dict(zip(KEY_STREAMS, keys))
+
+
+def check_names(config):
+  """Fails fast on any unknown component name, before data is loaded."""
+  models.MODELS.get(config.model.name)
+  objectives.OBJECTIVES.get(config.objective.name)
+  likelihoods.LIKELIHOODS.get(config.objective.likelihood)
+  transforms.TRANSFORMS.get(config.data.transform)
+  optim.OPTIMIZERS.get(config.optimizer.name)
+  optim.SCHEDULES.get(config.optimizer.get('schedule', 'constant'))
+  if config.data.name not in data_lib.KNOWN_DATASETS:
+    raise data_lib.DataError(
+        f'Unknown dataset {config.data.name!r}. Known datasets: '
+        f'{", ".join(sorted(data_lib.KNOWN_DATASETS))}.')
+  for name in ('batch_size', 'num_train_steps', 'steps_per_dispatch'):
+    if config[name] <= 0:
+      raise ValueError(f'config.{name} must be positive, got {config[name]}.')
+
+
+def build_experiment(config, dataset=None):
+  """Checks the config, loads the data and builds every component."""
+  check_names(config)
+  mesh = sharding.make_mesh(config.get('num_devices'))
+  sharding.check_batch_divisible(config.batch_size, mesh)
+  sharding.check_batch_divisible(config.eval.batch_size, mesh,
+                                 'config.eval.batch_size')
+  dataset = dataset or data_lib.load_dataset(config.data)
+  if len(dataset.train.images) < config.batch_size:
+    raise ValueError(
+        f'config.batch_size={config.batch_size} is larger than the training '
+        f'set ({len(dataset.train.images)} examples).')
+  likelihood = likelihoods.get_likelihood(config.objective)
+  return Experiment(
+      config=config,
+      dataset=dataset,
+      mesh=mesh,
+      model=models.build_model(config, dataset.image_shape, likelihood),
+      objective=objectives.get_objective(config),
+      likelihood=likelihood,
+      transform=transforms.get_transform(config.data.transform),
+      optimizer=optim.make_optimizer(config.optimizer,
+                                     config.num_train_steps),
+      keys=named_keys(config.seed))
+
+
+def init_state(exp):
+  """Step 0: parameters, non-parameter collections and optimiser state."""
+  dummy = jnp.zeros((1, *exp.image_shape), jnp.float32)
+  variables = exp.model.init(exp.keys['init'], dummy)
+  params = variables.pop('params')
+  state = {
+      'step': jnp.zeros((), jnp.int32),
+      'params': params,
+      'model_state': dict(variables),
+      'opt_state': exp.optimizer.init(params),
+  }
+  return sharding.put_replicated(state, exp.mesh)
+
+
+def variables_of(state):
+  return {'params': state['params'], **state['model_state']}
+
+
+def example_keys(step_key, positions):
+  """One key per example, from its position in the global batch."""
+  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, positions)
+
+
+def split_per_example(keys, num):
+  """[B] keys -> tuple of `num` arrays of [B] keys (independent streams)."""
+  split = jax.vmap(lambda k: jax.random.split(k, num))(keys)
+  return tuple(split[:, i] for i in range(num))
+
+
+def make_train_chunk(exp):
+  """jit(shard_map(scan of train steps)) with the state donated.
+
+  Returns f(state, images, labels, indices [n, global_batch]) ->
+  (state, metrics {name: [n]}).
+  """
+  num_devices = exp.mesh.shape[sharding.DATA_AXIS]
+  local_batch = exp.config.batch_size // num_devices
+  train_key = exp.keys['train']
+  model, objective, transform = exp.model, exp.objective, exp.transform
+  optimizer = exp.optimizer
+
+  def chunk(state, images, labels, indices):
+    def train_step(state, step_indices):
+      step = state['step']
+      positions = (lax.axis_index(sharding.DATA_AXIS) * local_batch
+                   + jnp.arange(local_batch))
+      keys = example_keys(jax.random.fold_in(train_key, step), positions)
+      data_keys, objective_keys = split_per_example(keys, 2)
+      image = images[step_indices]
+      batch = {'image': image, 'label': labels[step_indices],
+               'inputs': transform.apply(data_keys, image)}
+
+      def mean_loss(params):
+        variables = {'params': params, **state['model_state']}
+        per_example_loss, metrics, model_state = objective(
+            model, variables, batch, objective_keys, step, True)
+        return jnp.mean(per_example_loss), (metrics, model_state)
+
+      (loss, (metrics, model_state)), grads = jax.value_and_grad(
+          mean_loss, has_aux=True)(state['params'])
+      grads = lax.pmean(grads, sharding.DATA_AXIS)
+      metrics = {name: jnp.mean(value) for name, value in metrics.items()}
+      metrics['loss'] = loss
+      metrics = lax.pmean(metrics, sharding.DATA_AXIS)
+      # Non-gradient state (batch-norm statistics, codebook EMAs) is averaged
+      # over devices, so every device keeps the same copy.
+      model_state = lax.pmean(model_state, sharding.DATA_AXIS)
+      metrics['grad_norm'] = optax.global_norm(grads)
+      updates, opt_state = optimizer.update(grads, state['opt_state'],
+                                            state['params'])
+      new_state = {
+          'step': step + 1,
+          'params': optax.apply_updates(state['params'], updates),
+          'model_state': model_state,
+          'opt_state': opt_state,
+      }
+      return new_state, metrics
+
+    return lax.scan(train_step, state, indices)
+
+  return jax.jit(
+      jax.shard_map(chunk, mesh=exp.mesh,
+                    in_specs=(P(), P(), P(), P(None, sharding.DATA_AXIS)),
+                    out_specs=(P(), P())),
+      donate_argnums=(0,))
+
+
+class BatchOrder:
+  """Deterministic epoch permutations: batch indices as a function of step."""
+
+  def __init__(self, seed, num_examples, batch_size):
+    self.seed = seed
+    self.num_examples = num_examples
+    self.batch_size = batch_size
+    self.steps_per_epoch = num_examples // batch_size
+    self._cache = {}
+
+  def _permutation(self, epoch):
+    if epoch not in self._cache:
+      self._cache = {epoch: np.random.default_rng(
+          [self.seed, epoch]).permutation(self.num_examples).astype(np.int32)}
+    return self._cache[epoch]
+
+  def indices(self, first_step, num_steps):
+    """int32 [num_steps, batch_size]: the examples of each step."""
+    out = np.empty((num_steps, self.batch_size), np.int32)
+    for i, step in enumerate(range(first_step, first_step + num_steps)):
+      epoch, position = divmod(step, self.steps_per_epoch)
+      start = position * self.batch_size
+      out[i] = self._permutation(epoch)[start:start + self.batch_size]
+    return out
+
+
+def next_boundary(step, config):
+  """The next step at which something happens (log, eval, checkpoint, end).
+
+  Chunks end on multiples of these intervals, so an interrupted and resumed
+  run dispatches exactly the same chunks as an uninterrupted one.
+  """
+  intervals = [config.steps_per_dispatch, config.log_every,
+               config.eval_every, config.checkpoint_every]
+  candidates = [config.num_train_steps]
+  candidates += [(step // n + 1) * n for n in intervals if n > 0]
+  return min(candidates)
+
+
+def check_finite(metrics, first_step):
+  """Raises NonFiniteError naming the first step and metric that is not finite."""
+  for name in ('loss', 'grad_norm'):
+    values = metrics[name]
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+      step = first_step + int(bad[0]) + 1
+      raise NonFiniteError(
+          f'{name} became {values[bad[0]]} at step {step}. Training stopped; '
+          f'the last good checkpoint is kept. Lower the learning rate, set '
+          f'config.optimizer.grad_clip_norm, or check the data.')
+
+
+def train_and_evaluate(config, workdir, dataset=None):
+  """Trains the experiment of `config` in `workdir`, resuming if possible.
+
+  Returns a dict with the final train state and the final evaluation metrics.
+  """
+  exp = build_experiment(config, dataset)
+  is_main_process = jax.process_index() == 0
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpoint.create_manager(workdir,
+                                      config.get('checkpoints_to_keep', 3))
+  state = init_state(exp)
+  restored = checkpoint.restore_latest(manager, state)
+  if restored is not None:
+    state = restored
+    logging.info('Resumed from %s at step %d.',
+                 checkpoint.checkpoint_dir(workdir), int(state['step']))
+  if is_main_process:
+    checkpoint.save_config(workdir, config)
+
+  writer = metric_writers.MetricWriter(os.path.join(workdir, 'tensorboard'),
+                                       enabled=is_main_process)
+  train = exp.dataset.train
+  images = sharding.put_replicated(train.images, exp.mesh)
+  labels = sharding.put_replicated(train.labels, exp.mesh)
+  order = BatchOrder(config.seed, len(train.images), config.batch_size)
+  train_chunk = make_train_chunk(exp)
+  evaluator = evaluate.Evaluator(exp)
+
+  step = int(state['step'])
+  num_steps = config.num_train_steps
+  progress = metric_writers.ProgressReporter(num_steps, config.batch_size, step)
+  logging.info('Training %s / %s on %s (%d train examples) with %d devices '
+               'from step %d to %d.', config.model.name, config.objective.name,
+               exp.dataset.source, len(train.images),
+               exp.mesh.shape[sharding.DATA_AXIS], step, num_steps)
+  pending = []
+  train_start = time.perf_counter()
+  while step < num_steps:
+    end = next_boundary(step, config)
+    indices = sharding.put_sharded(
+        order.indices(step, end - step), exp.mesh, P(None, sharding.DATA_AXIS))
+    state, metrics = train_chunk(state, images, labels, indices)
+    metrics = jax.device_get(metrics)
+    check_finite(metrics, step)
+    pending.append(metrics)
+    step = end
+    if step % config.log_every == 0 or step == num_steps:
+      scalars = {name: float(np.mean(np.concatenate([m[name] for m in pending])))
+                 for name in pending[0]}
+      pending = []
+      scalars['steps_per_s'] = progress.report(step, scalars)
+      scalars['examples_per_s'] = scalars['steps_per_s'] * config.batch_size
+      writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
+    if config.eval_every and step % config.eval_every == 0 and step < num_steps:
+      eval_metrics = evaluator.evaluate(state, step, quick=True)
+      writer.write_scalars(step, {f'eval/{k}': v
+                                  for k, v in eval_metrics.items()})
+    if (config.checkpoint_every and step % config.checkpoint_every == 0
+        or step == num_steps):
+      checkpoint.save(manager, step, state)
+  manager.wait_until_finished()
+  train_seconds = time.perf_counter() - train_start
+
+  final_metrics = evaluator.evaluate(state, step, quick=False)
+  final_metrics['train_seconds_this_run'] = train_seconds
+  writer.write_scalars(step, {f'eval/{k}': v for k, v in final_metrics.items()})
+  for name, grid in evaluator.figures(state).items():
+    if is_main_process:
+      evaluator.save_figure(workdir, name, grid, step)
+    writer.write_image(step, f'images/{name}', grid)
+  if is_main_process:
+    evaluate.write_metrics_json(workdir, step, final_metrics)
+  writer.close()
+  manager.close()
+  return {'state': state, 'metrics': final_metrics}
