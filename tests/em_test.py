@@ -320,7 +320,8 @@ def test_cluster_accuracy():
     (np.ones((10, 2)), 2, 'spherical', 'known types: diag, full'),
     (np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]), 2, 'diag', 'NaN'),
     (np.array([[0.0, np.inf], [1.0, 2.0], [1.0, 1.0]]), 2, 'full', 'inf'),
-])
+], ids=['1-d', '3-d', 'more-components-than-examples',
+        'unknown-covariance-type', 'nan', 'inf'])
 def test_fit_gmm_rejects_bad_input(x, num_components, covariance_type,
                                    message):
   with pytest.raises(ValueError, match=message):
