@@ -89,7 +89,10 @@ def get_config(arg=None):
 
   config.eval = ml_collections.ConfigDict(dict(
       split='test', batch_size=500, quick_examples=2000,
-      iwae_samples=5000, iwae_chunk=250, iwae_batch_size=100))
+      max_examples=config_dict.placeholder(int),
+      iwae_samples=5000, iwae_chunk=250, iwae_batch_size=100,
+      extras=('iwae',),
+      figures=('reconstructions', 'samples', 'interpolations', 'manifold')))
 
   if 'runlocal' in variants:
     config.num_train_steps = 20
@@ -97,6 +100,7 @@ def get_config(arg=None):
     config.log_every = 10
     config.eval_every = 0
     config.checkpoint_every = 10
+    config.eval.max_examples = 1000
     config.eval.iwae_samples = 50
     config.eval.iwae_chunk = 25
     config.eval.batch_size = 200

@@ -1,5 +1,4 @@
 """Shared test fixtures: small generated IDX data sets and experiment configs."""
-import importlib.util
 import os
 import pathlib
 
@@ -7,17 +6,9 @@ import numpy as np
 import pytest
 
 from vaejax import data
+from vaejax import experiment_files
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_experiment(name, arg=None):
-  """`get_config(arg)` of experiments/<name>.py, as main.py would load it."""
-  path = REPO_ROOT / 'experiments' / f'{name}.py'
-  spec = importlib.util.spec_from_file_location(f'experiment_{name}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
 
 
 def write_tiny_idx_dataset(directory, num_train=256, num_test=64, seed=0):
@@ -53,16 +44,7 @@ def tiny_data_dir(tmp_path_factory):
 
 def tiny_config(data_dir, experiment='vae', arg='runlocal', **overrides):
   """A runlocal config on the tiny IDX data set, with dotted-key overrides."""
-  config = load_experiment(experiment, arg)
-  config.data.dir = data_dir
-  config.data.source = 'idx'
-  config.batch_size = 32
-  config.eval.batch_size = 32
-  config.eval.iwae_batch_size = 32
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
-  return config
+  spec = f'experiments/{experiment}.py' + (f':{arg}' if arg else '')
+  defaults = {'data.dir': data_dir, 'data.source': 'idx', 'batch_size': 32,
+              'eval.batch_size': 32, 'eval.iwae_batch_size': 32}
+  return experiment_files.load_config(spec, **{**defaults, **overrides})

@@ -18,10 +18,11 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 from jax.scipy.special import ndtri
 
+from vaejax import errors
 from vaejax import images as image_lib
+from vaejax import registry
 from vaejax import sharding
 from vaejax.data import transforms
-from vaejax.models import vae as vae_models
 from vaejax.objectives import vae as vae_objectives
 
 
@@ -95,7 +96,12 @@ def write_metrics_json(workdir, step, metrics, name='metrics.json'):
 
 
 class Evaluator:
-  """Evaluates a train state of an experiment on its held-out split."""
+  """Evaluates a train state of an experiment on its held-out split.
+
+  What is measured beyond the objective's own metrics is chosen by name in
+  `config.eval.extras` (EVALUATIONS) and `config.eval.figures` (FIGURES), so
+  a model family adds its evaluations without a second evaluation path.
+  """
 
   def __init__(self, exp):
     self.exp = exp
@@ -103,110 +109,179 @@ class Evaluator:
     self.eval_config = config.eval
     use_validation = config.eval.get('split', 'test') == 'validation'
     if use_validation and exp.dataset.validation is None:
-      raise ValueError(
+      raise errors.ConfigError(
           'config.eval.split="validation" needs config.data.validation_size '
           '> 0.')
     self.split = (exp.dataset.validation if use_validation
                   else exp.dataset.test)
-    self.is_vae = isinstance(exp.model, vae_models.VAE)
-    eval_key = exp.keys['eval']
-    model, objective, transform = exp.model, exp.objective, exp.transform
+    self._compiled = {}
+    model, objective = exp.model, exp.objective
 
     def objective_metrics(variables, images, positions):
-      data_keys, objective_keys = per_example_keys(eval_key, positions)
-      batch = {'image': images, 'inputs': transform.apply(data_keys, images)}
+      x, objective_keys = self.inputs(images, positions)
+      batch = {'image': images, 'inputs': x}
       loss, metrics, _ = objective(model, variables, batch, objective_keys,
                                    jnp.asarray(config.num_train_steps), False)
       metrics = dict(metrics, loss=loss)
       return {k: jnp.broadcast_to(v, loss.shape) for k, v in metrics.items()}
 
-    self._objective_metrics = map_examples(exp.mesh, objective_metrics)
+    self._objective_metrics = objective_metrics
 
-    def iwae(variables, images, positions):
-      data_keys, objective_keys = per_example_keys(eval_key, positions)
-      x = transform.apply(data_keys, images)
-      return iwae_log_likelihood(
-          model, variables, exp.likelihood, x, objective_keys,
-          self.eval_config.iwae_samples, self.eval_config.iwae_chunk)
+  def inputs(self, images, positions):
+    """Model inputs and objective keys of held-out examples (fixed keys)."""
+    data_keys, objective_keys = per_example_keys(self.exp.keys['eval'],
+                                                 positions)
+    return self.exp.transform.apply(data_keys, images), objective_keys
 
-    self._iwae = map_examples(exp.mesh, iwae)
+  def map_split(self, fn, variables, images, batch_size=None):
+    """Runs fn(variables, images [B], positions [B]) -> tree of [B, ...] over
+    `images`, sharded over devices; returns host arrays for all examples."""
+    if fn not in self._compiled:
+      self._compiled[fn] = map_examples(self.exp.mesh, fn)
+    return run_over_split(self._compiled[fn], variables, images,
+                          batch_size or self.eval_config.batch_size)
 
-  def _variables(self, state):
-    return {'params': state['params'], **state['model_state']}
-
-  def evaluate(self, state, step, quick=False):
-    """Mean metrics over the split (the first `quick_examples` if quick).
-
-    Adds `nll_elbo` (= -ELBO, nats/example) and bits/dim where the objective
-    reports an ELBO, and `nll_iwae` (k = eval.iwae_samples) on a full
-    evaluation of a VAE.
-    """
-    del step
+  def eval_images(self, quick=False):
+    """The held-out images: the first `quick_examples` if quick, else the
+    first `max_examples` if set, else all."""
     images = self.split.images
     if quick:
-      images = images[:self.eval_config.get('quick_examples', 2000)]
-    variables = self._variables(state)
-    batch_size = self.eval_config.batch_size
-    per_example = run_over_split(self._objective_metrics, variables, images,
-                                 batch_size)
+      return images[:self.eval_config.get('quick_examples', 2000)]
+    if self.eval_config.get('max_examples'):
+      return images[:self.eval_config.max_examples]
+    return images
+
+  def evaluate(self, state, step, quick=False):
+    """Mean metrics over the held-out split; extras only when not quick.
+
+    Adds `nll_elbo` (= -ELBO, nats/example) and bits/dim where the objective
+    reports an ELBO.
+    """
+    del step
+    images = self.eval_images(quick)
+    variables = variables_of(state)
+    per_example = self.map_split(self._objective_metrics, variables, images)
     metrics = {k: float(np.mean(v)) for k, v in per_example.items()}
-    num_dims = self.exp.num_dims
-    transform = self.exp.transform
     if 'elbo' in metrics:
       metrics['nll_elbo'] = -metrics['elbo']
-      if self.exp.likelihood.discrete or transform.nats_per_dim:
-        metrics['bits_per_dim_elbo'] = transforms.bits_per_dim(
-            metrics['nll_elbo'], num_dims, transform)
-    if not quick and self.is_vae and self.eval_config.iwae_samples > 0:
-      log_px = run_over_split(self._iwae, variables, images,
-                              self.eval_config.get('iwae_batch_size',
-                                                   batch_size))
-      metrics['nll_iwae'] = float(-np.mean(log_px))
-      metrics['iwae_samples'] = self.eval_config.iwae_samples
-      if self.exp.likelihood.discrete or transform.nats_per_dim:
-        metrics['bits_per_dim_iwae'] = transforms.bits_per_dim(
-            metrics['nll_iwae'], num_dims, transform)
+      metrics.update(self.bits_per_dim('elbo', metrics['nll_elbo']))
+    if not quick:
+      for name in self.eval_config.get('extras', ()):
+        metrics.update(EVALUATIONS.get(name)(self, variables, images))
     metrics['eval_examples'] = len(images)
     return metrics
 
-  def figures(self, state, num_examples=32):
-    """Image grids in [0, 1]: reconstructions, samples, interpolations and,
-    for a 2-D latent, the decoded manifold over the prior's quantiles."""
-    if not self.is_vae:
+  def bits_per_dim(self, name, nats_per_example):
+    """{'bits_per_dim_<name>': ...} where -log p is a code length."""
+    if not (self.exp.likelihood.discrete or self.exp.transform.nats_per_dim):
       return {}
-    model, likelihood, exp = self.exp.model, self.exp.likelihood, self.exp
-    variables = self._variables(state)
-    positions = jnp.arange(num_examples)
-    data_keys, _ = per_example_keys(exp.keys['eval'], positions)
-    x = exp.transform.apply(data_keys, jnp.asarray(
-        self.split.images[:num_examples]))
-    decode_mean = jax.jit(lambda z: likelihood.mean(
-        model.apply(variables, z, method=model.decode)))
-    mean, _ = jax.jit(lambda x: model.apply(variables, x,
-                                            method=model.encode))(x)
-    latent_dim = mean.shape[-1]
+    return {f'bits_per_dim_{name}': transforms.bits_per_dim(
+        nats_per_example, self.exp.num_dims, self.exp.transform)}
+
+  def figures(self, state):
+    """Image grids in [0, 1] named by `config.eval.figures`."""
+    variables = variables_of(state)
     grids = {}
-    # Rows of 8: inputs above their reconstructions.
-    recon = decode_mean(mean)
-    pairs = jnp.stack([x.reshape(-1, 8, *x.shape[1:]),
-                       recon.reshape(-1, 8, *x.shape[1:])], axis=1)
-    grids['reconstructions'] = image_lib.make_grid(
-        pairs.reshape(-1, *x.shape[1:]), num_columns=8)
-    z = jax.random.normal(exp.keys['sample'], (64, latent_dim))
-    grids['samples'] = image_lib.make_grid(decode_mean(z), num_columns=8)
-    steps = jnp.linspace(0.0, 1.0, 10)[None, :, None]
-    start, end = mean[0:16:2, None], mean[1:16:2, None]
-    path = (1.0 - steps) * start + steps * end
-    grids['interpolations'] = image_lib.make_grid(
-        decode_mean(path.reshape(-1, latent_dim)), num_columns=10)
-    if latent_dim == 2:
-      quantiles = ndtri(jnp.linspace(0.05, 0.95, 20))
-      grid_z = jnp.stack(jnp.meshgrid(quantiles, quantiles[::-1]), -1)
-      grids['manifold'] = image_lib.make_grid(
-          decode_mean(grid_z.reshape(-1, 2)), num_columns=20, padding=0)
+    for name in self.eval_config.get('figures', ()):
+      grids.update(FIGURES.get(name)(self, variables))
     return grids
 
   def save_figure(self, workdir, name, grid, step):
     path = os.path.join(workdir, 'images', f'{name}_step{int(step):07d}.png')
     image_lib.save_png(path, grid)
     return path
+
+
+def variables_of(state):
+  return {'params': state['params'], **state['model_state']}
+
+
+def iwae_metrics(evaluator, variables, images):
+  """IWAE estimate of -log p(x) with k = eval.iwae_samples (VAEs)."""
+  eval_config = evaluator.eval_config
+  exp = evaluator.exp
+
+  def iwae(variables, images, positions):
+    x, objective_keys = evaluator.inputs(images, positions)
+    return iwae_log_likelihood(
+        exp.model, variables, exp.likelihood, x, objective_keys,
+        eval_config.iwae_samples, eval_config.iwae_chunk)
+
+  log_px = evaluator.map_split(iwae, variables, images,
+                               eval_config.get('iwae_batch_size'))
+  nll = float(-np.mean(log_px))
+  return {'nll_iwae': nll, 'iwae_samples': eval_config.iwae_samples,
+          **evaluator.bits_per_dim('iwae', nll)}
+
+
+EVALUATIONS = registry.Registry('evaluation', {
+    'iwae': iwae_metrics,
+}, 'config.eval.extras')
+
+
+def _figure_inputs(evaluator, num_examples=32):
+  positions = jnp.arange(num_examples)
+  images = jnp.asarray(evaluator.split.images[:num_examples])
+  return evaluator.inputs(images, positions)[0]
+
+
+def _encode_mean(evaluator, variables, x):
+  """The code of x: the posterior mean for a VAE, the code for an AE."""
+  model = evaluator.exp.model
+  code = model.apply(variables, x, method=model.encode)
+  return code[0] if isinstance(code, tuple) else code
+
+
+def _decode_mean(evaluator, variables, z):
+  model, likelihood = evaluator.exp.model, evaluator.exp.likelihood
+  return likelihood.mean(model.apply(variables, z, method=model.decode))
+
+
+def reconstructions_figure(evaluator, variables):
+  """Rows of 8 held-out inputs, each row above its reconstructions."""
+  x = _figure_inputs(evaluator)
+  recon = _decode_mean(evaluator, variables,
+                       _encode_mean(evaluator, variables, x))
+  pairs = jnp.stack([x.reshape(-1, 8, *x.shape[1:]),
+                     recon.reshape(-1, 8, *x.shape[1:])], axis=1)
+  return {'reconstructions': image_lib.make_grid(
+      pairs.reshape(-1, *x.shape[1:]), num_columns=8)}
+
+
+def samples_figure(evaluator, variables):
+  """64 decoded draws z ~ N(0, I) from the prior (fixed `sample` key)."""
+  latent_dim = _encode_mean(evaluator, variables,
+                            _figure_inputs(evaluator, 1)).shape[-1]
+  z = jax.random.normal(evaluator.exp.keys['sample'], (64, latent_dim))
+  return {'samples': image_lib.make_grid(
+      _decode_mean(evaluator, variables, z), num_columns=8)}
+
+
+def interpolations_figure(evaluator, variables):
+  """8 rows: decoded straight lines between the codes of two test images."""
+  codes = _encode_mean(evaluator, variables, _figure_inputs(evaluator, 16))
+  steps = jnp.linspace(0.0, 1.0, 10)[None, :, None]
+  path = (1.0 - steps) * codes[0::2, None] + steps * codes[1::2, None]
+  return {'interpolations': image_lib.make_grid(
+      _decode_mean(evaluator, variables, path.reshape(-1, codes.shape[-1])),
+      num_columns=10)}
+
+
+def manifold_figure(evaluator, variables):
+  """For a 2-D latent: decoded grid over the prior's 5%..95% quantiles."""
+  codes = _encode_mean(evaluator, variables, _figure_inputs(evaluator, 1))
+  if codes.shape[-1] != 2:
+    return {}
+  quantiles = ndtri(jnp.linspace(0.05, 0.95, 20))
+  grid_z = jnp.stack(jnp.meshgrid(quantiles, quantiles[::-1]), -1)
+  return {'manifold': image_lib.make_grid(
+      _decode_mean(evaluator, variables, grid_z.reshape(-1, 2)),
+      num_columns=20, padding=0)}
+
+
+FIGURES = registry.Registry('figure', {
+    'reconstructions': reconstructions_figure,
+    'samples': samples_figure,
+    'interpolations': interpolations_figure,
+    'manifold': manifold_figure,
+}, 'config.eval.figures')

@@ -3,12 +3,15 @@
 Flags only; the work is `vaejax.train.train_and_evaluate`.
 """
 import logging
+import sys
 
 from absl import app
 from absl import flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from vaejax import data
+from vaejax import errors
 from vaejax import train
 
 FLAGS = flags.FLAGS
@@ -28,12 +31,39 @@ class _HideLibraryInfo(logging.Filter):
     return record.levelno >= logging.WARNING or 'orbax' not in record.pathname
 
 
+def fail(message):
+  """Prints `vaejax: error: ...` and exits with status 2 (no traceback)."""
+  print(f'vaejax: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  """absl flag parsing, with config_flags' override errors made readable."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+    if 'Traceback' in message:  # an error raised inside the experiment file
+      message = message.split('Traceback')[0] + message.strip().splitlines()[-1]
+    fail(f'{message}\nPass --helpshort to see the flags.')
+  except (AttributeError, KeyError) as e:
+    # config_flags raises these for a --config.<key> the config lacks.
+    detail = str(e.args[0] if e.args else e).replace("\\'", "'").replace('\\n', ' ')
+    overrides = [a for a in argv[1:] if a.startswith('--config.')]
+    fail(f'a --config override names a key the experiment config does not '
+         f'have: {detail} (overrides given: {" ".join(overrides)}). The keys '
+         f'are listed in the experiment file.')
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  try:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  except (errors.UserError, data.DataError) as e:
+    fail(str(e))
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -27,7 +27,7 @@ SCHEDULES = registry.Registry('learning-rate schedule', {
     'constant': constant_schedule,
     'cosine': cosine_schedule,
     'warmup_constant': warmup_constant_schedule,
-})
+}, 'config.optimizer.schedule')
 
 OPTIMIZERS = registry.Registry('optimizer', {
     'adam': lambda lr, c: optax.adam(lr, b1=c.get('b1', 0.9),
@@ -36,7 +36,7 @@ OPTIMIZERS = registry.Registry('optimizer', {
                                        b2=c.get('b2', 0.999),
                                        weight_decay=c.get('weight_decay', 1e-4)),
     'sgd': lambda lr, c: optax.sgd(lr, momentum=c.get('momentum', 0.9)),
-})
+}, 'config.optimizer.name')
 
 
 def make_optimizer(config, num_steps):

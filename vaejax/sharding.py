@@ -9,6 +9,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from vaejax import errors
+
 DATA_AXIS = 'data'
 
 
@@ -17,7 +19,7 @@ def make_mesh(num_devices=None):
   devices = jax.devices()
   if num_devices:
     if num_devices > len(devices):
-      raise ValueError(
+      raise errors.ConfigError(
           f'config.num_devices={num_devices} but only {len(devices)} devices '
           f'are visible ({jax.default_backend()}).')
     devices = devices[:num_devices]
@@ -27,7 +29,7 @@ def make_mesh(num_devices=None):
 def check_batch_divisible(batch_size, mesh, what='config.batch_size'):
   num_devices = mesh.shape[DATA_AXIS]
   if batch_size % num_devices:
-    raise ValueError(
+    raise errors.ConfigError(
         f'{what}={batch_size} is not divisible by the number of devices '
         f'({num_devices}). Choose a multiple of {num_devices}, or run on '
         f'fewer devices with --config.num_devices.')

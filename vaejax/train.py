@@ -37,6 +37,7 @@ from jax.sharding import PartitionSpec as P
 
 from vaejax import checkpoint
 from vaejax import data as data_lib
+from vaejax import errors
 from vaejax import evaluate
 from vaejax import metric_writers
 from vaejax import models
@@ -89,13 +90,18 @@ def check_names(config):
   transforms.TRANSFORMS.get(config.data.transform)
   optim.OPTIMIZERS.get(config.optimizer.name)
   optim.SCHEDULES.get(config.optimizer.get('schedule', 'constant'))
+  for name in config.eval.get('extras', ()):
+    evaluate.EVALUATIONS.get(name)
+  for name in config.eval.get('figures', ()):
+    evaluate.FIGURES.get(name)
   if config.data.name not in data_lib.KNOWN_DATASETS:
     raise data_lib.DataError(
         f'Unknown dataset {config.data.name!r}. Known datasets: '
         f'{", ".join(sorted(data_lib.KNOWN_DATASETS))}.')
   for name in ('batch_size', 'num_train_steps', 'steps_per_dispatch'):
     if config[name] <= 0:
-      raise ValueError(f'config.{name} must be positive, got {config[name]}.')
+      raise errors.ConfigError(
+          f'config.{name} must be positive, got {config[name]}.')
 
 
 def build_experiment(config, dataset=None):
@@ -107,7 +113,7 @@ def build_experiment(config, dataset=None):
                                  'config.eval.batch_size')
   dataset = dataset or data_lib.load_dataset(config.data)
   if len(dataset.train.images) < config.batch_size:
-    raise ValueError(
+    raise errors.ConfigError(
         f'config.batch_size={config.batch_size} is larger than the training '
         f'set ({len(dataset.train.images)} examples).')
   likelihood = likelihoods.get_likelihood(config.objective)
@@ -136,10 +142,6 @@ def init_state(exp):
       'opt_state': exp.optimizer.init(params),
   }
   return sharding.put_replicated(state, exp.mesh)
-
-
-def variables_of(state):
-  return {'params': state['params'], **state['model_state']}
 
 
 def example_keys(step_key, positions):
@@ -191,7 +193,7 @@ def make_train_chunk(exp):
       # Non-gradient state (batch-norm statistics, codebook EMAs) is averaged
       # over devices, so every device keeps the same copy.
       model_state = lax.pmean(model_state, sharding.DATA_AXIS)
-      metrics['grad_norm'] = optax.global_norm(grads)
+      metrics['grad_norm'] = optax.tree.norm(grads)
       updates, opt_state = optimizer.update(grads, state['opt_state'],
                                             state['params'])
       new_state = {

@@ -70,7 +70,7 @@ TRANSFORMS = registry.Registry('data transform', {
     'dequantize': Transform(
         'dequantize', dequantize, math.log(256.0),
         'x = (pixel + U[0,1))/256'),
-})
+}, 'config.data.transform')
 
 
 def get_transform(name):

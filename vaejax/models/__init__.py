@@ -1,11 +1,12 @@
 """Model registry: `config.model.name` -> builder(model_config, image_shape, likelihood)."""
+from vaejax import errors
 from vaejax import registry
 from vaejax.models import vae
 
 MODELS = registry.Registry('model', {
     'mlp_vae': vae.mlp_vae,
     'conv_vae': vae.conv_vae,
-})
+}, 'config.model.name')
 
 
 def build_model(config, image_shape, likelihood):
@@ -17,7 +18,7 @@ def build_model(config, image_shape, likelihood):
   builder = MODELS.get(config.model.name)
   expected = config.model.get('image_shape')
   if expected and tuple(expected) != tuple(image_shape):
-    raise ValueError(
+    raise errors.ConfigError(
         f'Model {config.model.name!r} is configured for images of shape '
         f'{tuple(expected)} but the data {config.data.name!r} has images of '
         f'shape {tuple(image_shape)}. Change config.model.image_shape or the '

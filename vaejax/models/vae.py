@@ -10,6 +10,8 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from vaejax import errors
+
 
 class MLPGaussianEncoder(nn.Module):
   """Flatten -> ReLU MLP -> (mean, log-variance)."""
@@ -111,7 +113,7 @@ def conv_vae(config, image_shape, likelihood):
   scale = 2 ** len(channels)
   height, width, _ = image_shape
   if height % scale or width % scale:
-    raise ValueError(
+    raise errors.ConfigError(
         f'conv_vae with {len(channels)} stride-2 layers needs image height '
         f'and width divisible by {scale}, but the data has images of shape '
         f'{tuple(image_shape)}. Use fewer entries in config.model.channels or '

@@ -9,7 +9,7 @@ from vaejax.objectives import vae
 OBJECTIVES = registry.Registry('objective', {
     'elbo': vae.make_elbo,
     'iwae': vae.make_iwae,
-})
+}, 'config.objective.name')
 
 
 def get_objective(config):

@@ -153,7 +153,7 @@ LIKELIHOODS = registry.Registry('likelihood', {
     'laplace': laplace,
     'laplace_learned': laplace_learned,
     'discretized_logistic': discretized_logistic,
-})
+}, 'config.objective.likelihood')
 
 
 def get_likelihood(config: ml_collections.ConfigDict) -> Likelihood:

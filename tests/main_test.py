@@ -1,0 +1,103 @@
+"""The command line: a runlocal run that resumes, and bad input fails fast
+with a message (exit status 2, no traceback) before any training work."""
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vaejax import errors
+from vaejax import train
+from conftest import REPO_ROOT
+from conftest import tiny_config
+
+
+def run_main(*args, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run(
+      [sys.executable, '-m', 'vaejax.main', *args], cwd=REPO_ROOT, env=env,
+      capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_failure(result, *fragments):
+  assert result.returncode == 2, result.stderr
+  assert 'Traceback' not in result.stderr, result.stderr
+  for fragment in fragments:
+    assert fragment in result.stderr, result.stderr
+
+
+def test_cli_runs_and_rerun_resumes(tiny_data_dir, tmp_path):
+  args = ['--config', 'experiments/vae.py:runlocal', '--workdir', str(tmp_path),
+          f'--config.data.dir={tiny_data_dir}', '--config.batch_size=32',
+          '--config.eval.batch_size=32', '--config.eval.iwae_batch_size=32',
+          '--config.num_train_steps=10']
+  first = run_main(*args)
+  assert first.returncode == 0, first.stderr
+  assert 'examples/s' in first.stderr and 'ETA' in first.stderr
+  assert os.path.isdir(tmp_path / 'checkpoints' / '10')
+  second = run_main(*args[:-1], '--config.num_train_steps=20')
+  assert second.returncode == 0, second.stderr
+  assert 'Resumed from' in second.stderr and 'at step 10' in second.stderr
+  assert os.path.isdir(tmp_path / 'checkpoints' / '20')
+
+
+def test_mistyped_override_names_the_key(tmp_path):
+  result = run_main('--config', 'experiments/vae.py:runlocal', '--workdir',
+                    str(tmp_path), '--config.model.latnt_dim=3')
+  assert_clean_failure(result, 'latnt_dim', 'latent_dim')
+  assert not os.listdir(tmp_path)
+
+
+def test_wrong_value_type(tmp_path):
+  result = run_main('--config', 'experiments/vae.py:runlocal', '--workdir',
+                    str(tmp_path), '--config.batch_size=many')
+  assert_clean_failure(result, 'batch_size', 'many')
+
+
+def test_unknown_variant(tmp_path):
+  result = run_main('--config', 'experiments/vae.py:runlocal,convv',
+                    '--workdir', str(tmp_path))
+  assert_clean_failure(result, "Unknown variant(s) ['convv']", 'runlocal')
+
+
+def test_missing_data_fails_fast_with_what_was_tried(tmp_path):
+  start = time.monotonic()
+  result = run_main(
+      '--config', 'experiments/vae.py:mnist,runlocal', '--workdir',
+      str(tmp_path / 'w'), f'--config.data.dir={tmp_path / "nothing"}',
+      f'--config.data.tfds_data_dir={tmp_path / "tfds"}', timeout=120)
+  assert time.monotonic() - start < 30
+  assert_clean_failure(result, str(tmp_path / 'nothing'), 'VAEJAX_DATA_DIR')
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
+
+
+@pytest.mark.parametrize('key, value, known', [
+    ('model.name', 'mlp_vea', 'mlp_vae'),
+    ('objective.name', 'elbow', 'iwae'),
+    ('objective.likelihood', 'poisson', 'bernoulli'),
+    ('data.transform', 'binarize', 'dynamic_binarize'),
+    ('optimizer.name', 'adamm', 'adam'),
+    ('data.name', 'cifar', 'fashion_mnist'),
+])
+def test_unknown_names_list_the_known_ones(tmp_path, key, value, known):
+  # The data directory does not exist: the name check must come first.
+  config = tiny_config(str(tmp_path / 'no_data'), **{key: value})
+  with pytest.raises(Exception) as info:
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert value in str(info.value) and known in str(info.value)
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_image_shape_mismatch_names_both_shapes(tiny_data_dir, tmp_path):
+  config = tiny_config(tiny_data_dir, **{'model.image_shape': (32, 32, 3)})
+  with pytest.raises(errors.ConfigError, match=r'\(32, 32, 3\).*\(28, 28, 1\)'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_conv_model_rejects_indivisible_shape(tiny_data_dir, tmp_path):
+  config = tiny_config(tiny_data_dir, arg='conv,runlocal',
+                       **{'model.channels': (8, 8, 8)})
+  with pytest.raises(errors.ConfigError, match=r'divisible by 8.*\(28, 28, 1\)'):
+    train.train_and_evaluate(config, str(tmp_path / 'w'))
