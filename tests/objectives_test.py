@@ -362,7 +362,13 @@ def mlp_setup():
       IMAGE_SHAPE, likelihood)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((256, *IMAGE_SHAPE)) < 0.3, jnp.float32)
-  variables = jax.jit(model.init)(jax.random.key(0), x[:1])
+  # LeCun-normal kernels as in nn.Dense, drawn with numpy: compiling
+  # model.init would cost more than the rest of a test.
+  shapes = jax.eval_shape(model.init, jax.random.key(0), x[:1])
+  variables = jax.tree.map(
+      lambda s: jnp.asarray(rng.normal(size=s.shape) / math.sqrt(s.shape[0])
+                            if len(s.shape) == 2 else 0.1 * rng.normal(
+                                size=s.shape), jnp.float32), shapes)
   return model, variables, likelihood, x
 
 

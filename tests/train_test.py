@@ -9,6 +9,8 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from vaejax import checkpoint
+from vaejax import evaluate
+from vaejax import experiment
 from vaejax import train
 from conftest import tiny_config
 
@@ -32,10 +34,9 @@ def test_runlocal_trains_and_evaluates(finished_run):
   assert int(state['step']) == config.num_train_steps
   chex.assert_tree_all_finite(state['params'])
   # A trained model is better than the untrained one it started from.
-  untrained = train.init_state(train.build_experiment(config))
-  evaluator = __import__('vaejax.evaluate', fromlist=['x']).Evaluator(
-      train.build_experiment(config))
-  untrained_metrics = evaluator.evaluate(untrained, 0)
+  exp = experiment.build_experiment(config)
+  untrained_metrics = evaluate.Evaluator(exp).evaluate(
+      experiment.init_state(exp), 0)
   assert metrics['nll_elbo'] < untrained_metrics['nll_elbo']
   # IWAE is a tighter bound than the ELBO: its NLL is lower.
   assert metrics['nll_iwae'] <= metrics['nll_elbo'] + 1e-3

@@ -19,129 +19,25 @@ fold_in(fold_in(train_key, s), i), so the numbers do not depend on the
 device count. The data order is a NumPy permutation per epoch seeded by
 (seed, epoch): a resumed run sees exactly the batches of an uninterrupted one.
 """
-import dataclasses
 import logging
-import math
 import os
 import time
-from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from vaejax import checkpoint
-from vaejax import data as data_lib
-from vaejax import errors
 from vaejax import evaluate
+from vaejax import experiment
 from vaejax import metric_writers
-from vaejax import models
-from vaejax import objectives
-from vaejax import optim
 from vaejax import sharding
-from vaejax.data import transforms
-from vaejax.objectives import likelihoods
-
-KEY_STREAMS = ('init', 'data', 'train', 'eval', 'sample')
-
 
 class NonFiniteError(FloatingPointError):
   """Training produced NaN or inf; the last good checkpoint is kept."""
-
-
-@dataclasses.dataclass
-class Experiment:
-  """Everything built from a config before any training work."""
-  config: ml_collections.ConfigDict
-  dataset: Any
-  mesh: jax.sharding.Mesh
-  model: nn.Module
-  objective: Callable
-  likelihood: Any
-  transform: transforms.Transform
-  optimizer: optax.GradientTransformation
-  keys: dict
-
-  @property
-  def image_shape(self):
-    return self.dataset.image_shape
-
-  @property
-  def num_dims(self):
-    return math.prod(self.image_shape)
-
-
-def named_keys(seed):
-  """The root key split into the named streams of KEY_STREAMS."""
-  keys = jax.random.split(jax.random.key(seed), len(KEY_STREAMS))
-  return dict(zip(KEY_STREAMS, keys))
-
-
-def check_names(config):
-  """Fails fast on any unknown component name, before data is loaded."""
-  models.MODELS.get(config.model.name)
-  objectives.OBJECTIVES.get(config.objective.name)
-  likelihoods.LIKELIHOODS.get(config.objective.likelihood)
-  transforms.TRANSFORMS.get(config.data.transform)
-  optim.OPTIMIZERS.get(config.optimizer.name)
-  optim.SCHEDULES.get(config.optimizer.get('schedule', 'constant'))
-  for name in config.eval.get('extras', ()):
-    evaluate.EVALUATIONS.get(name)
-  for name in config.eval.get('figures', ()):
-    evaluate.FIGURES.get(name)
-  if config.data.name not in data_lib.KNOWN_DATASETS:
-    raise data_lib.DataError(
-        f'Unknown dataset {config.data.name!r}. Known datasets: '
-        f'{", ".join(sorted(data_lib.KNOWN_DATASETS))}.')
-  for name in ('batch_size', 'num_train_steps', 'steps_per_dispatch'):
-    if config[name] <= 0:
-      raise errors.ConfigError(
-          f'config.{name} must be positive, got {config[name]}.')
-
-
-def build_experiment(config, dataset=None):
-  """Checks the config, loads the data and builds every component."""
-  check_names(config)
-  mesh = sharding.make_mesh(config.get('num_devices'))
-  sharding.check_batch_divisible(config.batch_size, mesh)
-  sharding.check_batch_divisible(config.eval.batch_size, mesh,
-                                 'config.eval.batch_size')
-  dataset = dataset or data_lib.load_dataset(config.data)
-  if len(dataset.train.images) < config.batch_size:
-    raise errors.ConfigError(
-        f'config.batch_size={config.batch_size} is larger than the training '
-        f'set ({len(dataset.train.images)} examples).')
-  likelihood = likelihoods.get_likelihood(config.objective)
-  return Experiment(
-      config=config,
-      dataset=dataset,
-      mesh=mesh,
-      model=models.build_model(config, dataset.image_shape, likelihood),
-      objective=objectives.get_objective(config),
-      likelihood=likelihood,
-      transform=transforms.get_transform(config.data.transform),
-      optimizer=optim.make_optimizer(config.optimizer,
-                                     config.num_train_steps),
-      keys=named_keys(config.seed))
-
-
-def init_state(exp):
-  """Step 0: parameters, non-parameter collections and optimiser state."""
-  dummy = jnp.zeros((1, *exp.image_shape), jnp.float32)
-  variables = exp.model.init(exp.keys['init'], dummy)
-  params = variables.pop('params')
-  state = {
-      'step': jnp.zeros((), jnp.int32),
-      'params': params,
-      'model_state': dict(variables),
-      'opt_state': exp.optimizer.init(params),
-  }
-  return sharding.put_replicated(state, exp.mesh)
 
 
 def example_keys(step_key, positions):
@@ -270,12 +166,12 @@ def train_and_evaluate(config, workdir, dataset=None):
 
   Returns a dict with the final train state and the final evaluation metrics.
   """
-  exp = build_experiment(config, dataset)
+  exp = experiment.build_experiment(config, dataset)
   is_main_process = jax.process_index() == 0
   os.makedirs(workdir, exist_ok=True)
   manager = checkpoint.create_manager(workdir,
                                       config.get('checkpoints_to_keep', 3))
-  state = init_state(exp)
+  state = experiment.init_state(exp)
   restored = checkpoint.restore_latest(manager, state)
   if restored is not None:
     state = restored
