@@ -12,6 +12,7 @@ from ml_collections import config_flags
 
 from vaejax import data
 from vaejax import errors
+from vaejax import sharding
 from vaejax import train
 
 FLAGS = flags.FLAGS
@@ -21,6 +22,16 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string('workdir', None,
                     'Directory for checkpoints, TensorBoard events and images. '
                     'Rerunning with the same workdir resumes.')
+flags.DEFINE_string(
+    'coordinator_address', None,
+    'Multi-process runs: host:port of process 0. Start the same command on '
+    'every host with --num_processes and its own --process_id.')
+flags.DEFINE_integer('num_processes', None, 'Multi-process runs: how many.')
+flags.DEFINE_integer('process_id', None, 'Multi-process runs: this one (0..N-1).')
+flags.DEFINE_bool(
+    'distributed', False,
+    'Call jax.distributed.initialize() with cluster auto-detection (SLURM, '
+    'Cloud TPU, ...) instead of the three flags above.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -59,6 +70,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
+  if FLAGS.coordinator_address or FLAGS.distributed:
+    sharding.initialize_distributed(FLAGS.coordinator_address,
+                                    FLAGS.num_processes, FLAGS.process_id)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (errors.UserError, data.DataError) as e:

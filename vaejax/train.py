@@ -11,7 +11,8 @@ name in the config and plugged in through three registries:
 
 The training set lives on device; `steps_per_dispatch` steps run inside one
 `lax.scan`, under `jax.shard_map` over the `data` mesh axis, with explicit
-`lax.pmean` of gradients, metrics and model state.
+summation of gradients (autodiff's own psum for replicated parameters) and
+`lax.pmean` of metrics and model state.
 
 Randomness: one root key from `config.seed`, split into named streams. In
 step s the example at position i of the global batch gets the key
@@ -58,7 +59,8 @@ def make_train_chunk(exp):
   (state, metrics {name: [n]}).
   """
   num_devices = exp.mesh.shape[sharding.DATA_AXIS]
-  local_batch = exp.config.batch_size // num_devices
+  global_batch = exp.config.batch_size
+  local_batch = global_batch // num_devices
   train_key = exp.keys['train']
   model, objective, transform = exp.model, exp.objective, exp.transform
   optimizer = exp.optimizer
@@ -74,21 +76,33 @@ def make_train_chunk(exp):
       batch = {'image': image, 'label': labels[step_indices],
                'inputs': transform.apply(data_keys, image)}
 
-      def mean_loss(params):
+      def share_of_global_mean_loss(params):
         variables = {'params': params, **state['model_state']}
         per_example_loss, metrics, model_state = objective(
             model, variables, batch, objective_keys, step, True)
-        return jnp.mean(per_example_loss), (metrics, model_state)
+        share = jnp.sum(per_example_loss) / global_batch
+        return share, (per_example_loss, metrics, model_state)
 
-      (loss, (metrics, model_state)), grads = jax.value_and_grad(
-          mean_loss, has_aux=True)(state['params'])
-      grads = lax.pmean(grads, sharding.DATA_AXIS)
+      # The parameters are the same on every device, so under shard_map the
+      # gradient with respect to them is summed over devices by autodiff
+      # (the transpose of broadcasting them to per-device work): the sum of
+      # each device's share is the gradient of the global mean loss.
+      (_, (per_example_loss, metrics, model_state)), grads = (
+          jax.value_and_grad(share_of_global_mean_loss, has_aux=True)(
+              state['params']))
       metrics = {name: jnp.mean(value) for name, value in metrics.items()}
-      metrics['loss'] = loss
+      metrics['loss'] = jnp.mean(per_example_loss)
       metrics = lax.pmean(metrics, sharding.DATA_AXIS)
-      # Non-gradient state (batch-norm statistics, codebook EMAs) is averaged
-      # over devices, so every device keeps the same copy.
-      model_state = lax.pmean(model_state, sharding.DATA_AXIS)
+      # Non-gradient state (batch-norm statistics, codebook EMAs, EM
+      # statistics) is averaged over devices, so every device keeps the same
+      # copy. Integer state (an optimiser's step count) must already agree
+      # across devices (shard_map rejects it otherwise); a mean would make it
+      # a float.
+      model_state = jax.tree.map(
+          lambda value: (lax.pmean(value, sharding.DATA_AXIS)
+                         if jnp.issubdtype(value.dtype, jnp.inexact)
+                         else value),
+          model_state)
       metrics['grad_norm'] = optax.tree.norm(grads)
       updates, opt_state = optimizer.update(grads, state['opt_state'],
                                             state['params'])
@@ -203,7 +217,7 @@ def train_and_evaluate(config, workdir, dataset=None):
     indices = sharding.put_sharded(
         order.indices(step, end - step), exp.mesh, P(None, sharding.DATA_AXIS))
     state, metrics = train_chunk(state, images, labels, indices)
-    metrics = jax.device_get(metrics)
+    metrics = sharding.to_host(metrics)
     check_finite(metrics, step)
     pending.append(metrics)
     step = end
@@ -227,10 +241,11 @@ def train_and_evaluate(config, workdir, dataset=None):
   final_metrics = evaluator.evaluate(state, step, quick=False)
   final_metrics['train_seconds_this_run'] = train_seconds
   writer.write_scalars(step, {f'eval/{k}': v for k, v in final_metrics.items()})
-  for name, grid in evaluator.figures(state).items():
-    if is_main_process:
+  if is_main_process:
+    # Pictures are small: process 0 draws them from a host copy of the state.
+    for name, grid in evaluator.figures(sharding.to_host(state)).items():
       evaluator.save_figure(workdir, name, grid, step)
-    writer.write_image(step, f'images/{name}', grid)
+      writer.write_image(step, f'images/{name}', grid)
   if is_main_process:
     evaluate.write_metrics_json(workdir, step, final_metrics)
   writer.close()

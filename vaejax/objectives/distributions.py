@@ -31,9 +31,11 @@ def reparameterize(key, mean, logvar, num_samples=None):
 def gaussian_kl(mean, logvar):
   """KL(N(mean, diag exp(logvar)) || N(0, I)) per dimension (not summed).
 
-  KL_j = 1/2 (sigma_j^2 + mean_j^2 - 1 - log sigma_j^2).
+  KL_j = 1/2 (sigma_j^2 + mean_j^2 - 1 - log sigma_j^2), with
+  sigma^2 - 1 computed as expm1(logvar) so that it stays >= 0 in float32
+  when logvar is near 0.
   """
-  return 0.5 * (jnp.exp(logvar) + jnp.square(mean) - 1.0 - logvar)
+  return 0.5 * (jnp.expm1(logvar) - logvar + jnp.square(mean))
 
 
 def gaussian_log_prob(z, mean, logvar):

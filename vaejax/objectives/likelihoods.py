@@ -86,11 +86,15 @@ def log_likelihood_discretized_logistic(x, loc, log_scale, num_bins=256):
   minus = inv_scale * (x - loc - half_bin)
   log_cdf_plus = jax.nn.log_sigmoid(plus)
   log_one_minus_cdf_minus = jax.nn.log_sigmoid(-minus)
-  # log(sigmoid(plus) - sigmoid(minus)), stable for any scale and offset.
-  log_bin_mass = (minus + jnp.log(jnp.expm1(plus - minus))
+  # log(sigmoid(plus) - sigmoid(minus)) = plus + log(1 - e^(minus - plus))
+  # + log sigmoid(-plus) + log sigmoid(-minus): finite for any scale (expm1
+  # of a non-positive number cannot overflow) and any offset.
+  log_bin_mass = (plus + jnp.log(-jnp.expm1(minus - plus))
                   + jax.nn.log_sigmoid(-plus) + jax.nn.log_sigmoid(-minus))
-  return jnp.where(x < -0.999, log_cdf_plus,
-                   jnp.where(x > 0.999, log_one_minus_cdf_minus, log_bin_mass))
+  # The edge bins (centres -1 and 1) take the tails; half a bin inside.
+  edge = 1.0 - half_bin
+  return jnp.where(x < -edge, log_cdf_plus,
+                   jnp.where(x > edge, log_one_minus_cdf_minus, log_bin_mass))
 
 
 def _fixed_scale_likelihood(name, log_density, scale):

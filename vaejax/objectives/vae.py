@@ -23,7 +23,8 @@ def kl_weight(step, beta, warmup_steps):
   """beta, linearly annealed from 0 over `warmup_steps` (KL warm-up)."""
   if not warmup_steps:
     return jnp.asarray(beta, jnp.float32)
-  return beta * jnp.minimum(1.0, step.astype(jnp.float32) / warmup_steps)
+  return beta * jnp.minimum(
+      1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
 
 
 def encode_and_sample(model, variables, x, keys, num_samples):

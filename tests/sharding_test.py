@@ -1,0 +1,124 @@
+"""Data parallelism: the same numbers on 1, 2, 4 or 8 devices and on two
+processes, and clear errors for batches the devices cannot split."""
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from vaejax import checkpoint
+from vaejax import experiment
+from vaejax import experiment_files
+from conftest import REPO_ROOT
+from multidevice import device_env
+from multidevice import free_port
+from multidevice import run_python
+
+EQUIVALENCE_SCRIPT = '''
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, 'tests')
+from conftest import tiny_config
+from vaejax import train
+results = {{}}
+for num_devices in {device_counts}:
+  config = tiny_config({data_dir!r}, arg={arg!r}, num_devices=num_devices,
+                       num_train_steps=6, steps_per_dispatch=3, log_every=3,
+                       checkpoint_every=6, **{{'eval.max_examples': 64,
+                       'optimizer.name': 'sgd', 'optimizer.learning_rate': 1e-4}})
+  out = train.train_and_evaluate(config, {workdir!r} + f'/{{num_devices}}')
+  params = [np.asarray(x).tolist() for x in jax.tree.leaves(out['state']['params'])]
+  results[num_devices] = {{'params': params, 'metrics': out['metrics']}}
+print(json.dumps(results))
+'''
+
+
+@pytest.mark.parametrize('arg, device_counts', [
+    ('runlocal', (1, 2, 8)),
+    ('iwae,runlocal', (1, 8)),
+    ('conv,runlocal', (1, 4)),
+])
+def test_same_results_on_any_device_count(tiny_data_dir, tmp_path, arg,
+                                          device_counts):
+  """Summation order differs with the device count, so results agree to
+  float tolerance. SGD keeps it at that level; Adam divides by the root of
+  the second moment and turns rounding in near-zero gradients into steps of
+  up to ~lr, which would hide real differences behind a loose bound."""
+  results = run_python(EQUIVALENCE_SCRIPT.format(
+      device_counts=device_counts, data_dir=tiny_data_dir, arg=arg,
+      workdir=str(tmp_path)), num_devices=max(device_counts))
+  reference = results[str(device_counts[0])]
+  for count in device_counts[1:]:
+    other = results[str(count)]
+    for a, b in zip(reference['params'], other['params']):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                 atol=1e-6, err_msg=f'{arg}: {count} devices')
+    for name in ('nll_elbo', 'nll_iwae'):
+      np.testing.assert_allclose(reference['metrics'][name],
+                                 other['metrics'][name], rtol=1e-5)
+
+
+def test_batch_not_divisible_by_devices_is_a_start_up_error(tiny_data_dir,
+                                                            tmp_path):
+  result = run_python(f'''
+      import json, sys
+      sys.path.insert(0, 'tests')
+      from conftest import tiny_config
+      from vaejax import train
+      config = tiny_config({tiny_data_dir!r}, batch_size=30)
+      try:
+        train.train_and_evaluate(config, {str(tmp_path / 'w')!r})
+        message = None
+      except Exception as e:
+        message = str(e)
+      print(json.dumps(message))
+      ''', num_devices=8)
+  assert 'config.batch_size=30 is not divisible by the number of devices (8)' \
+      in result
+  assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
+
+
+def test_two_processes_match_one_process_with_four_devices(tiny_data_dir,
+                                                           tmp_path):
+  """2 processes x 2 devices == 1 process x 4 devices after N steps."""
+  common = ['--config', 'experiments/vae.py:runlocal',
+            f'--config.data.dir={tiny_data_dir}', '--config.batch_size=32',
+            '--config.eval.batch_size=32', '--config.eval.iwae_batch_size=32',
+            '--config.eval.max_examples=64', '--config.num_train_steps=8']
+  single = subprocess.run(
+      [sys.executable, '-m', 'vaejax.main', *common,
+       f'--workdir={tmp_path / "single"}'],
+      cwd=REPO_ROOT, env=device_env(4), capture_output=True, text=True,
+      timeout=600)
+  assert single.returncode == 0, single.stderr[-3000:]
+  port = free_port()
+  processes = [subprocess.Popen(
+      [sys.executable, '-m', 'vaejax.main', *common,
+       f'--workdir={tmp_path / "multi"}',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+       f'--process_id={i}'],
+      cwd=REPO_ROOT, env=device_env(2), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+  for p in processes:
+    _, stderr = p.communicate(timeout=600)
+    assert p.returncode == 0, stderr[-3000:]
+
+  config = experiment_files.load_config(
+      'experiments/vae.py:runlocal', **{'data.dir': tiny_data_dir,
+                                        'batch_size': 32})
+  exp = experiment.build_experiment(config)
+  template = experiment.init_state(exp)
+  states = {}
+  for name in ('single', 'multi'):
+    manager = checkpoint.create_manager(str(tmp_path / name))
+    assert manager.latest_step() == 8
+    states[name] = checkpoint.restore_latest(manager, template)
+    manager.close()
+  for a, b in zip(jax.tree.leaves(states['single']['params']),
+                  jax.tree.leaves(states['multi']['params'])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                               atol=1e-7)
+  # Only process 0 writes the config, metrics and pictures.
+  assert os.path.exists(tmp_path / 'multi' / 'eval' / 'metrics.json')
