@@ -12,6 +12,7 @@ from vaejax import checkpoint
 from vaejax import evaluate
 from vaejax import experiment
 from vaejax import train
+from vaejax.data import pipeline
 from conftest import tiny_config
 
 
@@ -100,8 +101,18 @@ def test_resume_is_bit_exact(tiny_data_dir, tmp_path):
   assert full['metrics']['nll_iwae'] == resumed['metrics']['nll_iwae']
 
 
+def test_host_feed_trains_the_same_model(tiny_data_dir, tmp_path):
+  """Host batches with prefetch == training set on device, bit for bit."""
+  results = [train.train_and_evaluate(
+      tiny_config(tiny_data_dir, num_train_steps=30,
+                  **{'data.on_device': on_device}), str(tmp_path / str(on_device)))
+             for on_device in (True, False)]
+  assert _params_equal(results[0]['state']['params'],
+                       results[1]['state']['params'])
+
+
 def test_batch_order_covers_each_epoch_once():
-  order = train.BatchOrder(seed=3, num_examples=100, batch_size=10)
+  order = pipeline.BatchOrder(seed=3, num_examples=100, batch_size=10)
   epoch = order.indices(0, 10)
   assert sorted(epoch.ravel().tolist()) == list(range(100))
   np.testing.assert_array_equal(order.indices(5, 3), epoch[5:8])

@@ -4,7 +4,6 @@ TensorBoard events are written with tensorboardX (no TensorFlow needed) and
 read by TensorBoard as usual: `tensorboard --logdir WORKDIR`.
 """
 import logging
-import time
 
 import numpy as np
 import tensorboardX
@@ -50,19 +49,26 @@ def format_duration(seconds):
 
 
 class ProgressReporter:
-  """Logs `step/total`, chosen metrics, steps/s, examples/s and ETA."""
+  """Logs `step/total`, chosen metrics, steps/s, examples/s and ETA.
 
-  def __init__(self, num_steps, batch_size, first_step=0):
+  Rates count only time spent training (dispatch to metrics on the host),
+  not evaluation or checkpointing between chunks; the ETA uses them too.
+  """
+
+  def __init__(self, num_steps, batch_size):
     self.num_steps = num_steps
     self.batch_size = batch_size
-    self._last_step = first_step
-    self._last_time = time.perf_counter()
+    self._steps = 0
+    self._seconds = 0.0
+
+  def add(self, steps, seconds):
+    self._steps += steps
+    self._seconds += seconds
 
   def report(self, step, scalars):
-    now = time.perf_counter()
-    elapsed = max(now - self._last_time, 1e-9)
-    steps_per_s = (step - self._last_step) / elapsed
-    self._last_step, self._last_time = step, now
+    """Logs one line; returns the rates since the last report."""
+    steps_per_s = self._steps / max(self._seconds, 1e-9)
+    self._steps, self._seconds = 0, 0.0
     eta = (self.num_steps - step) / steps_per_s if steps_per_s > 0 else np.inf
     shown = ' '.join(f'{k}={float(v):.4g}' for k, v in scalars.items())
     logging.info(
@@ -70,4 +76,5 @@ class ProgressReporter:
         step, self.num_steps, 100.0 * step / self.num_steps, shown,
         steps_per_s, steps_per_s * self.batch_size,
         format_duration(eta) if np.isfinite(eta) else '?')
-    return steps_per_s
+    return {'steps_per_s': steps_per_s,
+            'examples_per_s': steps_per_s * self.batch_size}

@@ -36,6 +36,7 @@ from vaejax import evaluate
 from vaejax import experiment
 from vaejax import metric_writers
 from vaejax import sharding
+from vaejax.data import pipeline
 
 class NonFiniteError(FloatingPointError):
   """Training produced NaN or inf; the last good checkpoint is kept."""
@@ -52,11 +53,14 @@ def split_per_example(keys, num):
   return tuple(split[:, i] for i in range(num))
 
 
-def make_train_chunk(exp):
+def make_train_chunk(exp, data_on_device=True):
   """jit(shard_map(scan of train steps)) with the state donated.
 
-  Returns f(state, images, labels, indices [n, global_batch]) ->
-  (state, metrics {name: [n]}).
+  With the data on device, returns f(state, images, labels, indices [n,
+  global_batch]) -> (state, metrics {name: [n]}): each step gathers its
+  examples from the device copy of the training set. Otherwise returns
+  f(state, batches {'image': [n, global_batch, ...], 'label': ...}) for
+  batches that the host gathered.
   """
   num_devices = exp.mesh.shape[sharding.DATA_AXIS]
   global_batch = exp.config.batch_size
@@ -65,88 +69,72 @@ def make_train_chunk(exp):
   model, objective, transform = exp.model, exp.objective, exp.transform
   optimizer = exp.optimizer
 
-  def chunk(state, images, labels, indices):
-    def train_step(state, step_indices):
-      step = state['step']
-      positions = (lax.axis_index(sharding.DATA_AXIS) * local_batch
-                   + jnp.arange(local_batch))
-      keys = example_keys(jax.random.fold_in(train_key, step), positions)
-      data_keys, objective_keys = split_per_example(keys, 2)
-      image = images[step_indices]
-      batch = {'image': image, 'label': labels[step_indices],
-               'inputs': transform.apply(data_keys, image)}
+  def train_step(state, local_batch_data):
+    step = state['step']
+    positions = (lax.axis_index(sharding.DATA_AXIS) * local_batch
+                 + jnp.arange(local_batch))
+    keys = example_keys(jax.random.fold_in(train_key, step), positions)
+    data_keys, objective_keys = split_per_example(keys, 2)
+    batch = dict(local_batch_data,
+                 inputs=transform.apply(data_keys, local_batch_data['image']))
 
-      def share_of_global_mean_loss(params):
-        variables = {'params': params, **state['model_state']}
-        per_example_loss, metrics, model_state = objective(
-            model, variables, batch, objective_keys, step, True)
-        share = jnp.sum(per_example_loss) / global_batch
-        return share, (per_example_loss, metrics, model_state)
+    def share_of_global_mean_loss(params):
+      variables = {'params': params, **state['model_state']}
+      per_example_loss, metrics, model_state = objective(
+          model, variables, batch, objective_keys, step, True)
+      share = jnp.sum(per_example_loss) / global_batch
+      return share, (per_example_loss, metrics, model_state)
 
-      # The parameters are the same on every device, so under shard_map the
-      # gradient with respect to them is summed over devices by autodiff
-      # (the transpose of broadcasting them to per-device work): the sum of
-      # each device's share is the gradient of the global mean loss.
-      (_, (per_example_loss, metrics, model_state)), grads = (
-          jax.value_and_grad(share_of_global_mean_loss, has_aux=True)(
-              state['params']))
-      metrics = {name: jnp.mean(value) for name, value in metrics.items()}
-      metrics['loss'] = jnp.mean(per_example_loss)
-      metrics = lax.pmean(metrics, sharding.DATA_AXIS)
-      # Non-gradient state (batch-norm statistics, codebook EMAs, EM
-      # statistics) is averaged over devices, so every device keeps the same
-      # copy. Integer state (an optimiser's step count) must already agree
-      # across devices (shard_map rejects it otherwise); a mean would make it
-      # a float.
-      model_state = jax.tree.map(
-          lambda value: (lax.pmean(value, sharding.DATA_AXIS)
-                         if jnp.issubdtype(value.dtype, jnp.inexact)
-                         else value),
-          model_state)
-      metrics['grad_norm'] = optax.tree.norm(grads)
-      updates, opt_state = optimizer.update(grads, state['opt_state'],
-                                            state['params'])
-      new_state = {
-          'step': step + 1,
-          'params': optax.apply_updates(state['params'], updates),
-          'model_state': model_state,
-          'opt_state': opt_state,
-      }
-      return new_state, metrics
+    # The parameters are the same on every device, so under shard_map the
+    # gradient with respect to them is summed over devices by autodiff
+    # (the transpose of broadcasting them to per-device work): the sum of
+    # each device's share is the gradient of the global mean loss.
+    (_, (per_example_loss, metrics, model_state)), grads = (
+        jax.value_and_grad(share_of_global_mean_loss, has_aux=True)(
+            state['params']))
+    metrics = {name: jnp.mean(value) for name, value in metrics.items()}
+    metrics['loss'] = jnp.mean(per_example_loss)
+    metrics = lax.pmean(metrics, sharding.DATA_AXIS)
+    # Non-gradient state (batch-norm statistics, codebook EMAs, EM
+    # statistics) is averaged over devices, so every device keeps the same
+    # copy. Integer state (an optimiser's step count) must already agree
+    # across devices (shard_map rejects it otherwise); a mean would make it
+    # a float.
+    model_state = jax.tree.map(
+        lambda value: (lax.pmean(value, sharding.DATA_AXIS)
+                       if jnp.issubdtype(value.dtype, jnp.inexact)
+                       else value),
+        model_state)
+    metrics['grad_norm'] = optax.tree.norm(grads)
+    updates, opt_state = optimizer.update(grads, state['opt_state'],
+                                          state['params'])
+    new_state = {
+        'step': step + 1,
+        'params': optax.apply_updates(state['params'], updates),
+        'model_state': model_state,
+        'opt_state': opt_state,
+    }
+    return new_state, metrics
 
-    return lax.scan(train_step, state, indices)
+  def chunk_from_device_data(state, images, labels, indices):
+    def gather_and_step(state, step_indices):
+      return train_step(state, {'image': images[step_indices],
+                                'label': labels[step_indices]})
+    return lax.scan(gather_and_step, state, indices)
+
+  def chunk_from_host_batches(state, batches):
+    return lax.scan(train_step, state, batches)
+
+  batch_spec = P(None, sharding.DATA_AXIS)
+  if data_on_device:
+    chunk, in_specs = chunk_from_device_data, (P(), P(), P(), batch_spec)
+  else:
+    chunk, in_specs = chunk_from_host_batches, (P(), batch_spec)
 
   return jax.jit(
-      jax.shard_map(chunk, mesh=exp.mesh,
-                    in_specs=(P(), P(), P(), P(None, sharding.DATA_AXIS)),
+      jax.shard_map(chunk, mesh=exp.mesh, in_specs=in_specs,
                     out_specs=(P(), P())),
       donate_argnums=(0,))
-
-
-class BatchOrder:
-  """Deterministic epoch permutations: batch indices as a function of step."""
-
-  def __init__(self, seed, num_examples, batch_size):
-    self.seed = seed
-    self.num_examples = num_examples
-    self.batch_size = batch_size
-    self.steps_per_epoch = num_examples // batch_size
-    self._cache = {}
-
-  def _permutation(self, epoch):
-    if epoch not in self._cache:
-      self._cache = {epoch: np.random.default_rng(
-          [self.seed, epoch]).permutation(self.num_examples).astype(np.int32)}
-    return self._cache[epoch]
-
-  def indices(self, first_step, num_steps):
-    """int32 [num_steps, batch_size]: the examples of each step."""
-    out = np.empty((num_steps, self.batch_size), np.int32)
-    for i, step in enumerate(range(first_step, first_step + num_steps)):
-      epoch, position = divmod(step, self.steps_per_epoch)
-      start = position * self.batch_size
-      out[i] = self._permutation(epoch)[start:start + self.batch_size]
-    return out
 
 
 def next_boundary(step, config):
@@ -196,28 +184,29 @@ def train_and_evaluate(config, workdir, dataset=None):
 
   writer = metric_writers.MetricWriter(os.path.join(workdir, 'tensorboard'),
                                        enabled=is_main_process)
-  train = exp.dataset.train
-  images = sharding.put_replicated(train.images, exp.mesh)
-  labels = sharding.put_replicated(train.labels, exp.mesh)
-  order = BatchOrder(config.seed, len(train.images), config.batch_size)
-  train_chunk = make_train_chunk(exp)
+  data_on_device = config.data.get('on_device', True)
+  feed = pipeline.TrainFeed(exp.dataset.train, exp.mesh, config.seed,
+                            config.batch_size, data_on_device)
+  train_chunk = make_train_chunk(exp, data_on_device)
   evaluator = evaluate.Evaluator(exp)
 
   step = int(state['step'])
   num_steps = config.num_train_steps
-  progress = metric_writers.ProgressReporter(num_steps, config.batch_size, step)
+  progress = metric_writers.ProgressReporter(num_steps, config.batch_size)
   logging.info('Training %s / %s on %s (%d train examples) with %d devices '
                'from step %d to %d.', config.model.name, config.objective.name,
-               exp.dataset.source, len(train.images),
+               exp.dataset.source, len(exp.dataset.train.images),
                exp.mesh.shape[sharding.DATA_AXIS], step, num_steps)
   pending = []
   train_start = time.perf_counter()
   while step < num_steps:
     end = next_boundary(step, config)
-    indices = sharding.put_sharded(
-        order.indices(step, end - step), exp.mesh, P(None, sharding.DATA_AXIS))
-    state, metrics = train_chunk(state, images, labels, indices)
+    chunk_start = time.perf_counter()
+    args = feed.chunk_args(step, end)
+    state, metrics = train_chunk(state, *args)
+    feed.prefetch(end, next_boundary(end, config) if end < num_steps else end)
     metrics = sharding.to_host(metrics)
+    progress.add(end - step, time.perf_counter() - chunk_start)
     check_finite(metrics, step)
     pending.append(metrics)
     step = end
@@ -225,8 +214,7 @@ def train_and_evaluate(config, workdir, dataset=None):
       scalars = {name: float(np.mean(np.concatenate([m[name] for m in pending])))
                  for name in pending[0]}
       pending = []
-      scalars['steps_per_s'] = progress.report(step, scalars)
-      scalars['examples_per_s'] = scalars['steps_per_s'] * config.batch_size
+      scalars.update(progress.report(step, scalars))
       writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
     if config.eval_every and step % config.eval_every == 0 and step < num_steps:
       eval_metrics = evaluator.evaluate(state, step, quick=True)
@@ -235,6 +223,7 @@ def train_and_evaluate(config, workdir, dataset=None):
     if (config.checkpoint_every and step % config.checkpoint_every == 0
         or step == num_steps):
       checkpoint.save(manager, step, state)
+  feed.close()
   manager.wait_until_finished()
   train_seconds = time.perf_counter() - train_start
 
