@@ -5,7 +5,7 @@ decoders map codes [B, latent_dim] to the likelihood's parameters
 [B, H, W, C * num_params]. Models are flax.linen modules in NHWC.
 """
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -17,29 +17,32 @@ class MLPGaussianEncoder(nn.Module):
   """Flatten -> ReLU MLP -> (mean, log-variance)."""
   hidden_sizes: Sequence[int]
   latent_dim: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     h = x.reshape(x.shape[0], -1)
     for i, size in enumerate(self.hidden_sizes):
-      h = nn.relu(nn.Dense(size, name=f'hidden_{i}')(h))
-    mean = nn.Dense(self.latent_dim, name='mean')(h)
-    logvar = nn.Dense(self.latent_dim, name='logvar')(h)
-    return mean, logvar
+      h = nn.relu(nn.Dense(size, dtype=self.dtype, name=f'hidden_{i}')(h))
+    mean = nn.Dense(self.latent_dim, dtype=self.dtype, name='mean')(h)
+    logvar = nn.Dense(self.latent_dim, dtype=self.dtype, name='logvar')(h)
+    return mean.astype(jnp.float32), logvar.astype(jnp.float32)
 
 
 class MLPDecoder(nn.Module):
   """Code -> ReLU MLP -> likelihood parameters with the image's shape."""
   hidden_sizes: Sequence[int]
   output_shape: Sequence[int]
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z):
     h = z
     for i, size in enumerate(self.hidden_sizes):
-      h = nn.relu(nn.Dense(size, name=f'hidden_{i}')(h))
-    h = nn.Dense(math.prod(self.output_shape), name='output')(h)
-    return h.reshape(z.shape[0], *self.output_shape)
+      h = nn.relu(nn.Dense(size, dtype=self.dtype, name=f'hidden_{i}')(h))
+    h = nn.Dense(math.prod(self.output_shape), dtype=self.dtype,
+                 name='output')(h)
+    return h.reshape(z.shape[0], *self.output_shape).astype(jnp.float32)
 
 
 class ConvGaussianEncoder(nn.Module):
@@ -47,17 +50,20 @@ class ConvGaussianEncoder(nn.Module):
   channels: Sequence[int]
   latent_dim: int
   hidden_size: int = 256
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x):
     h = x
     for i, c in enumerate(self.channels):
-      h = nn.gelu(nn.Conv(c, (3, 3), strides=(2, 2), name=f'conv_{i}')(h))
+      h = nn.gelu(nn.Conv(c, (3, 3), strides=(2, 2), dtype=self.dtype,
+                          name=f'conv_{i}')(h))
     h = h.reshape(h.shape[0], -1)
-    h = nn.gelu(nn.Dense(self.hidden_size, name='hidden')(h))
-    mean = nn.Dense(self.latent_dim, name='mean')(h)
-    logvar = nn.Dense(self.latent_dim, name='logvar')(h)
-    return mean, logvar
+    h = nn.gelu(nn.Dense(self.hidden_size, dtype=self.dtype,
+                         name='hidden')(h))
+    mean = nn.Dense(self.latent_dim, dtype=self.dtype, name='mean')(h)
+    logvar = nn.Dense(self.latent_dim, dtype=self.dtype, name='logvar')(h)
+    return mean.astype(jnp.float32), logvar.astype(jnp.float32)
 
 
 class ConvDecoder(nn.Module):
@@ -65,19 +71,23 @@ class ConvDecoder(nn.Module):
   channels: Sequence[int]  # encoder order; the decoder runs them reversed
   output_shape: Sequence[int]
   hidden_size: int = 256
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, z):
     height, width, out_channels = self.output_shape
     scale = 2 ** len(self.channels)
-    h = nn.gelu(nn.Dense(self.hidden_size, name='hidden')(z))
+    h = nn.gelu(nn.Dense(self.hidden_size, dtype=self.dtype,
+                         name='hidden')(z))
     grid = (height // scale, width // scale, self.channels[-1])
-    h = nn.gelu(nn.Dense(math.prod(grid), name='to_grid')(h))
+    h = nn.gelu(nn.Dense(math.prod(grid), dtype=self.dtype,
+                         name='to_grid')(h))
     h = h.reshape(z.shape[0], *grid)
     for i, c in enumerate(reversed(self.channels)):
       h = nn.gelu(nn.ConvTranspose(c, (3, 3), strides=(2, 2),
-                                   name=f'deconv_{i}')(h))
-    return nn.Conv(out_channels, (3, 3), name='output')(h)
+                                   dtype=self.dtype, name=f'deconv_{i}')(h))
+    return nn.Conv(out_channels, (3, 3), dtype=self.dtype,
+                   name='output')(h).astype(jnp.float32)
 
 
 class VAE(nn.Module):
@@ -96,6 +106,16 @@ class VAE(nn.Module):
     return self.decode(mean)
 
 
+def compute_dtype(config):
+  """`config.dtype`: 'float32' (default) or 'bfloat16' for the layers'
+  computation; parameters, optimiser state and the loss stay float32."""
+  name = config.get('dtype', 'float32')
+  if name not in ('float32', 'bfloat16'):
+    raise errors.ConfigError(
+        f"config.model.dtype={name!r}; use 'float32' or 'bfloat16'.")
+  return jnp.dtype(name)
+
+
 def _output_shape(image_shape, likelihood):
   height, width, channels = image_shape
   return (height, width, channels * likelihood.num_params)
@@ -103,9 +123,11 @@ def _output_shape(image_shape, likelihood):
 
 def mlp_vae(config, image_shape, likelihood):
   hidden = tuple(config.hidden_sizes)
+  dtype = compute_dtype(config)
   return VAE(
-      encoder=MLPGaussianEncoder(hidden, config.latent_dim),
-      decoder=MLPDecoder(hidden[::-1], _output_shape(image_shape, likelihood)))
+      encoder=MLPGaussianEncoder(hidden, config.latent_dim, dtype),
+      decoder=MLPDecoder(hidden[::-1], _output_shape(image_shape, likelihood),
+                         dtype))
 
 
 def conv_vae(config, image_shape, likelihood):
@@ -119,7 +141,8 @@ def conv_vae(config, image_shape, likelihood):
         f'{tuple(image_shape)}. Use fewer entries in config.model.channels or '
         f'the mlp_vae model.')
   hidden = config.get('hidden_size', 256)
+  dtype = compute_dtype(config)
   return VAE(
-      encoder=ConvGaussianEncoder(channels, config.latent_dim, hidden),
+      encoder=ConvGaussianEncoder(channels, config.latent_dim, hidden, dtype),
       decoder=ConvDecoder(channels, _output_shape(image_shape, likelihood),
-                          hidden))
+                          hidden, dtype))
