@@ -51,11 +51,17 @@ def get_config(arg=None):
       validation_size=0,
       download_timeout_s=5.0,
       transform='dynamic_binarize',
+      # False: the host gathers batches (with prefetch) instead of keeping
+      # the training set on device; for data sets that do not fit.
+      on_device=True,
   ))
 
   config.model = ml_collections.ConfigDict(dict(
       name='mlp_vae', hidden_sizes=(400,), latent_dim=20,
       channels=(32, 64), hidden_size=256,
+      # 'bfloat16' computes the layers in bfloat16 (for GPUs); parameters,
+      # optimiser state and the loss stay float32.
+      dtype='float32',
       image_shape=config_dict.placeholder(tuple)))
   if 'conv' in variants:
     config.model.name = 'conv_vae'
@@ -76,7 +82,10 @@ def get_config(arg=None):
 
   config.optimizer = ml_collections.ConfigDict(dict(
       name='adam', learning_rate=1e-3, schedule='constant', warmup_steps=0,
-      grad_clip_norm=0.0, b1=0.9, b2=0.999))
+      grad_clip_norm=0.0, b1=0.9, b2=0.999,
+      # > 0: skip steps whose gradient norm is above this (VDVAE); counted
+      # as train/skipped_updates.
+      skip_update_above_grad_norm=0.0))
 
   config.batch_size = 128
   steps_per_epoch = 60_000 // config.batch_size
@@ -91,8 +100,11 @@ def get_config(arg=None):
       split='test', batch_size=500, quick_examples=2000,
       max_examples=config_dict.placeholder(int),
       iwae_samples=5000, iwae_chunk=250, iwae_batch_size=100,
-      extras=('iwae',),
-      figures=('reconstructions', 'samples', 'interpolations', 'manifold')))
+      extras=('iwae', 'diagnostics', 'linear_probe', 'clustering'),
+      figures=('reconstructions', 'samples', 'interpolations', 'manifold',
+               'traversals', 'pca_scatter'),
+      probe_train_examples=10000, pixel_pca_dims=50, traversal_dims=8,
+      scatter_examples=2000))
 
   if 'runlocal' in variants:
     config.num_train_steps = 20
@@ -105,4 +117,9 @@ def get_config(arg=None):
     config.eval.iwae_chunk = 25
     config.eval.batch_size = 200
     config.eval.iwae_batch_size = 100
+    # The probes compile for several seconds: runlocal leaves them to
+    # `python -m vaejax.evaluate --extras=...`.
+    config.eval.extras = ('iwae', 'diagnostics')
+    config.eval.probe_train_examples = 1000
+    config.eval.scatter_examples = 1000
   return config

@@ -12,6 +12,12 @@ Two models, each fitted by EM inside one jitted `jax.lax.while_loop`:
 Plus k-means (`kmeans_plusplus_init`, `kmeans`) for initialisation and
 `cluster_accuracy` for scoring clusters of learned latents against labels.
 
+The train loop runs the same EM one iteration per step
+(`vaejax.objectives.mixture`) from the pieces here: `e_step_per_example`,
+`sufficient_statistics` (means over examples, so shards pool by a mean over
+devices), `m_step_from_statistics`, and for the classifier
+`classifier_e_step_per_example` and `label_weights_m_step`.
+
 Arrays keep the floating dtype of `x` (float32 by default, float64 under
 `jax.enable_x64`). Both EM fits return a `FitHistory` of the mean
 log-likelihood per iteration, so callers can check that EM never decreases it.
@@ -91,7 +97,10 @@ def _check_data(x: jax.Array, num_components: int) -> None:
     raise ValueError(
         f'x has {x.shape[0]} examples but {num_components} components were '
         'requested; use at most as many components as examples.')
-  if not bool(jnp.all(jnp.isfinite(x))):
+  # Values are known only outside a trace; inside the train loop's jitted
+  # step a NaN reaches the loss instead, and the loop stops on it.
+  if (not isinstance(x, jax.core.Tracer)
+      and not bool(jnp.all(jnp.isfinite(x)))):
     raise ValueError(
         'x contains NaN or inf; remove or impute those entries before '
         'fitting.')
@@ -247,11 +256,19 @@ def log_likelihood(params: GaussianMixture, x) -> jax.Array:
 
 
 @jax.jit
+def e_step_per_example(params: GaussianMixture,
+                       x) -> tuple[jax.Array, jax.Array]:
+  """Returns log responsibilities [N, K] and per-example log p(x_n) [N]."""
+  log_joint = _log_joint(params, x)
+  log_likelihoods = jax.nn.logsumexp(log_joint, axis=1)
+  return log_joint - log_likelihoods[:, None], log_likelihoods
+
+
+@jax.jit
 def e_step(params: GaussianMixture, x) -> tuple[jax.Array, jax.Array]:
   """Returns log responsibilities [N, K] and the mean log-likelihood of x."""
-  log_joint = _log_joint(params, x)
-  log_likelihoods = jax.nn.logsumexp(log_joint, axis=1, keepdims=True)
-  return log_joint - log_likelihoods, jnp.mean(log_likelihoods)
+  log_resp, log_likelihoods = e_step_per_example(params, x)
+  return log_resp, jnp.mean(log_likelihoods)
 
 
 @jax.jit
@@ -287,6 +304,63 @@ def m_step(x, log_resp, covariance_type: str = 'diag',
         / counts[:, None, None]
         + reg_covar * jnp.eye(x.shape[1], dtype=x.dtype))
   return GaussianMixture(log_weights, means, covariances)
+
+
+# Gaussian mixture: the M-step from sufficient statistics.
+
+
+class SufficientStatistics(NamedTuple):
+  """Means over examples of τ_nk, τ_nk x_n and τ_nk x_n x_nᵀ.
+
+  Means rather than sums, so the statistics of equal-sized shards of a data
+  set average to those of the whole: data-parallel EM needs only a mean over
+  devices. The second moments are [K, D] (τ_nk x_n², for 'diag') or
+  [K, D, D] (for 'full').
+  """
+  weights: jax.Array  # [K]
+  weighted_sums: jax.Array  # [K, D]
+  weighted_second_moments: jax.Array  # [K, D] or [K, D, D]
+
+
+def sufficient_statistics(
+    x, responsibilities, covariance_type: str = 'diag'
+) -> SufficientStatistics:
+  """The statistics of x [N, D] under responsibilities [N, K]."""
+  _check_covariance_type(covariance_type)
+  num_examples = x.shape[0]
+  if covariance_type == 'diag':
+    second_moments = responsibilities.T @ x**2
+  else:
+    # Contracting over examples one component at a time keeps the
+    # intermediate at [N, K, D] rather than [N, K, D, D].
+    second_moments = jnp.einsum(
+        'nkd,ne->kde', responsibilities[:, :, None] * x[:, None, :], x)
+  return SufficientStatistics(
+      jnp.mean(responsibilities, axis=0),
+      responsibilities.T @ x / num_examples,
+      second_moments / num_examples)
+
+
+def m_step_from_statistics(statistics: SufficientStatistics,
+                           reg_covar: float = 1e-6) -> GaussianMixture:
+  """The M-step of `m_step`, from the statistics of the E-step.
+
+  The covariance is E_τ[x xᵀ] - μ μᵀ (one pass over the data, so it can
+  be pooled across devices), which loses precision when |μ|² dwarfs the
+  variances; `m_step` takes the centered second pass for single-host use.
+  """
+  weights, weighted_sums, second_moments = statistics
+  # The offset (as in `m_step`) keeps an empty component finite.
+  weights = weights + 10 * jnp.finfo(weights.dtype).eps
+  means = weighted_sums / weights[:, None]
+  if second_moments.ndim == 2:
+    covariances = second_moments / weights[:, None] - means**2 + reg_covar
+  else:
+    covariances = (
+        second_moments / weights[:, None, None]
+        - means[:, :, None] * means[:, None, :]
+        + reg_covar * jnp.eye(means.shape[1], dtype=means.dtype))
+  return GaussianMixture(jnp.log(weights), means, covariances)
 
 
 # Gaussian mixture: initialisation.
@@ -467,12 +541,19 @@ def _log_bernoulli(y, logits):
                    jax.nn.log_sigmoid(-logits))
 
 
-def _classifier_e_step(params: MixtureClassifier, x, y):
-  """Returns responsibilities [N, K] given (x, y) and the mean log p(x, y)."""
+def classifier_e_step_per_example(params: MixtureClassifier, x, y):
+  """Responsibilities [N, K] given (x, y), and per-example log p(x, y) [N]."""
   log_joint = _cluster_log_joint(params, x) + _log_bernoulli(
       y, _label_logits(params.label_biases, params.label_weights, x))
-  log_likelihoods = jax.nn.logsumexp(log_joint, axis=1, keepdims=True)
-  return jnp.exp(log_joint - log_likelihoods), jnp.mean(log_likelihoods)
+  log_likelihoods = jax.nn.logsumexp(log_joint, axis=1)
+  return jnp.exp(log_joint - log_likelihoods[:, None]), log_likelihoods
+
+
+def _classifier_e_step(params: MixtureClassifier, x, y):
+  """Returns responsibilities [N, K] given (x, y) and the mean log p(x, y)."""
+  responsibilities, log_likelihoods = classifier_e_step_per_example(
+      params, x, y)
+  return responsibilities, jnp.mean(log_likelihoods)
 
 
 def _closed_form_cluster_parameters(x, responsibilities, reg_covar):
@@ -484,59 +565,103 @@ def _closed_form_cluster_parameters(x, responsibilities, reg_covar):
   return log_weights, means, variances
 
 
+def label_negative_q(label_parameters, x, y, responsibilities) -> jax.Array:
+  """Minus the part of Q that depends on the label weights, per example.
+
+  label_parameters: (label_biases [K], label_weights [K, D]).
+  """
+  log_bernoulli = _log_bernoulli(y, _label_logits(*label_parameters, x))
+  return -jnp.sum(responsibilities * log_bernoulli) / x.shape[0]
+
+
+def _label_optimizer(learning_rate):
+  return optax.adam(learning_rate)
+
+
+def init_label_optimizer_state(label_parameters):
+  """The state of the label weights' optimizer at the start of EM.
+
+  Adam's state does not depend on the learning rate, so none is needed here.
+  """
+  return _label_optimizer(0.0).init(label_parameters)
+
+
+def label_weights_m_step(negative_q, label_parameters, optimizer_state,
+                         num_steps: int, learning_rate: float):
+  """The M-step for the logistic weights: `num_steps` Adam steps on -Q.
+
+  Generalised EM: log p(x, y) cannot fall while Q rises, so a step that does
+  not lower `negative_q` (label_parameters -> scalar) is dropped, together
+  with its update of the Adam moments. The Adam state is carried from one
+  M-step to the next.
+
+  Returns:
+    The new label parameters and optimizer state.
+  """
+  optimizer = _label_optimizer(learning_rate)
+  negative_q_and_gradient = jax.value_and_grad(negative_q)
+
+  def gradient_step(_, state):
+    parameters, optimizer_state = state
+    current_loss, gradient = negative_q_and_gradient(parameters)
+    updates, proposed_optimizer_state = optimizer.update(
+        gradient, optimizer_state, parameters)
+    proposed_parameters = optax.apply_updates(parameters, updates)
+    accept = negative_q(proposed_parameters) < current_loss
+    return jax.tree.map(
+        lambda proposed, current: jnp.where(accept, proposed, current),
+        (proposed_parameters, proposed_optimizer_state), state)
+
+  return jax.lax.fori_loop(0, num_steps, gradient_step,
+                           (label_parameters, optimizer_state))
+
+
+@functools.partial(jax.jit, static_argnames=('num_components',))
+def _init_mixture_classifier(key, x, num_components, reg_covar):
+  # k-means clusters and a flat label model P(Y=1 | X, Z) = 1/2.
+  clusters = _kmeans(key, x, num_components, 100, 1e-4)
+  cluster_one_hot = jax.nn.one_hot(
+      clusters.assignments, num_components, dtype=x.dtype)
+  return MixtureClassifier(
+      *_closed_form_cluster_parameters(x, cluster_one_hot, reg_covar),
+      label_biases=jnp.zeros((num_components,), x.dtype),
+      label_weights=jnp.zeros((num_components, x.shape[1]), x.dtype))
+
+
+def init_mixture_classifier(key: jax.Array, x, num_components: int,
+                            reg_covar: float = 1e-6) -> MixtureClassifier:
+  """Clusters from k-means (seeded with `key`), label weights zero."""
+  x = _as_float_array(x)
+  _check_data(x, num_components)
+  return _init_mixture_classifier(key, x, num_components, reg_covar)
+
+
 @functools.partial(
     jax.jit, static_argnames=('num_components', 'max_steps',
                               'gradient_steps_per_m_step'))
 def _fit_mixture_classifier(key, x, y, num_components, max_steps, tol,
                             gradient_steps_per_m_step, learning_rate,
                             reg_covar):
-  optimizer = optax.adam(learning_rate)
-
-  def negative_q(label_parameters, responsibilities):
-    """Minus the part of Q (per example) that depends on the label weights."""
-    log_bernoulli = _log_bernoulli(y, _label_logits(*label_parameters, x))
-    return -jnp.sum(responsibilities * log_bernoulli) / x.shape[0]
-
-  negative_q_and_gradient = jax.value_and_grad(negative_q)
-
-  def gradient_step(responsibilities, state):
-    label_parameters, optimizer_state = state
-    current_loss, gradient = negative_q_and_gradient(
-        label_parameters, responsibilities)
-    updates, proposed_optimizer_state = optimizer.update(
-        gradient, optimizer_state, label_parameters)
-    proposed_parameters = optax.apply_updates(label_parameters, updates)
-    # Generalised EM: log p(x, y) cannot fall while Q rises, so a step that
-    # lowers Q is dropped, together with its update of the Adam moments.
-    accept = negative_q(proposed_parameters, responsibilities) < current_loss
-    return jax.tree.map(
-        lambda proposed, current: jnp.where(accept, proposed, current),
-        (proposed_parameters, proposed_optimizer_state), state)
 
   def em_iteration(carry):
     params, optimizer_state, responsibilities = carry
     log_weights, means, variances = _closed_form_cluster_parameters(
         x, responsibilities, reg_covar)
-    (label_biases, label_weights), optimizer_state = jax.lax.fori_loop(
-        0, gradient_steps_per_m_step,
-        lambda _, state: gradient_step(responsibilities, state),
-        ((params.label_biases, params.label_weights), optimizer_state))
+    (label_biases, label_weights), optimizer_state = label_weights_m_step(
+        lambda label_parameters: label_negative_q(
+            label_parameters, x, y, responsibilities),
+        (params.label_biases, params.label_weights), optimizer_state,
+        gradient_steps_per_m_step, learning_rate)
     params = MixtureClassifier(
         log_weights, means, variances, label_biases, label_weights)
     responsibilities, mean_log_likelihood = _classifier_e_step(params, x, y)
-    return (params, optimizer_state, responsibilities), mean_log_likelihood
+    return ((params, optimizer_state, responsibilities),
+            mean_log_likelihood)
 
-  # Start from k-means clusters and a flat label model P(Y=1 | X, Z) = 1/2.
-  clusters = _kmeans(key, x, num_components, 100, 1e-4)
-  cluster_one_hot = jax.nn.one_hot(
-      clusters.assignments, num_components, dtype=x.dtype)
-  initial_params = MixtureClassifier(
-      *_closed_form_cluster_parameters(x, cluster_one_hot, reg_covar),
-      label_biases=jnp.zeros((num_components,), x.dtype),
-      label_weights=jnp.zeros((num_components, x.shape[1]), x.dtype))
+  initial_params = _init_mixture_classifier(key, x, num_components, reg_covar)
   initial_responsibilities, initial_log_likelihood = _classifier_e_step(
       initial_params, x, y)
-  initial_optimizer_state = optimizer.init(
+  initial_optimizer_state = init_label_optimizer_state(
       (initial_params.label_biases, initial_params.label_weights))
   (params, _, _), history = _iterate_until_converged(
       em_iteration,
@@ -554,8 +679,9 @@ def fit_mixture_classifier(
 
   The E-step responsibilities use both x and the label y. The M-step sets π,
   μ and σ² in closed form and takes `gradient_steps_per_m_step` Adam steps on
-  the per-cluster logistic weights, keeping a step only when it raises Q, so
-  the observed-data log-likelihood log p(x, y) never decreases.
+  the per-cluster logistic weights (`label_weights_m_step`), keeping a step
+  only when it raises Q, so the observed-data log-likelihood log p(x, y)
+  never decreases.
 
   Args:
     key: PRNG key for the k-means initialisation of the clusters.

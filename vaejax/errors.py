@@ -1,7 +1,8 @@
-"""User-facing errors: what is wrong and what to do, raised before any work.
+"""User-facing errors: what is wrong and what to do.
 
-`vaejax.main` prints these (and data errors) as one message without a
-traceback and exits with status 2.
+Raised before any work, except a checkpoint that cannot be written (a full
+disk), which stops training. `vaejax.main` prints these (and data errors) as
+one message without a traceback and exits with status 2.
 """
 
 
@@ -11,3 +12,7 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
   """The experiment config asks for something that cannot work."""
+
+
+class WorkdirError(UserError):
+  """The workdir cannot be written, or its checkpoints cannot be used."""

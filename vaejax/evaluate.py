@@ -1,5 +1,19 @@
-"""Evaluation: the objective's metrics on held-out data, the IWAE
-log-likelihood estimate, bits/dim, and image grids.
+"""Evaluation of a trained model: likelihoods, diagnostics, probes, pictures.
+
+  python -m vaejax.evaluate --workdir W [--k 5000] [--split test|validation]
+      [--extras iwae,diagnostics,linear_probe,clustering]
+
+loads W/config.json and the latest checkpoint in W/checkpoints, evaluates it
+on the held-out split and writes W/eval/evaluation_step<S>_<split>[_k<k>].json
+(never overwritten by another step, split or k), a copy of it as
+W/eval/evaluation.json (the latest run of this command; the train loop's own
+final numbers stay in W/eval/metrics.json), PNGs in W/images/, and the same
+scalars and images to TensorBoard under W/tensorboard/evaluate.
+
+What is measured is chosen by name: `config.eval.extras` (EVALUATIONS: the
+IWAE log-likelihood, latent diagnostics, linear probe, clustering) and
+`config.eval.figures` (FIGURES: reconstructions, samples, interpolations,
+the 2-D manifold, latent traversals, a PCA scatter of the codes).
 
 Every evaluation maps a per-example function over a split under
 `jax.shard_map` (examples split over the `data` axis). Keys come from the
@@ -8,21 +22,36 @@ binarised once, the same way every time, and repeated evaluation of one
 checkpoint gives identical numbers.
 """
 import json
+import logging
 import math
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+from absl import app
+from absl import flags
+from absl import logging as absl_logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 from jax.scipy.special import ndtri
 
+from vaejax import autoencoder_evaluation
+from vaejax import checkpoint
+from vaejax import data as data_lib
 from vaejax import errors
+from vaejax import experiment
 from vaejax import images as image_lib
+from vaejax import latent_figures
+from vaejax import metric_writers
+from vaejax import mixture_evaluation
+from vaejax import probes
 from vaejax import registry
 from vaejax import sharding
 from vaejax.data import transforms
+from vaejax.objectives import distributions
 from vaejax.objectives import vae as vae_objectives
 
 
@@ -34,11 +63,22 @@ def per_example_keys(key, positions):
 
 
 def map_examples(mesh, fn):
-  """jit(shard_map(fn)) for fn(replicated, images [B], positions [B]) -> tree of [B, ...]."""
-  return jax.jit(jax.shard_map(
+  """jit(shard_map(fn)) for fn(replicated, images [B], positions [B]) -> tree of [B, ...].
+
+  The returned function takes host arrays for images and positions (the
+  global batch, the same on every process).
+  """
+  compiled = jax.jit(jax.shard_map(
       fn, mesh=mesh,
       in_specs=(P(), P(sharding.DATA_AXIS), P(sharding.DATA_AXIS)),
       out_specs=P(sharding.DATA_AXIS)))
+
+  def call(replicated, images, positions):
+    images, positions = sharding.put_global(
+        (images, positions), mesh, P(sharding.DATA_AXIS))
+    return compiled(replicated, images, positions)
+
+  return call
 
 
 def run_over_split(compiled_fn, replicated, images, batch_size):
@@ -53,7 +93,7 @@ def run_over_split(compiled_fn, replicated, images, batch_size):
       pad = np.zeros((batch_size - valid, *chunk.shape[1:]), chunk.dtype)
       chunk = np.concatenate([chunk, pad])
     positions = np.arange(start, start + batch_size, dtype=np.int32)
-    out = jax.device_get(compiled_fn(replicated, chunk, positions))
+    out = sharding.to_host(compiled_fn(replicated, chunk, positions))
     outputs.append(jax.tree.map(lambda x: x[:valid], out))
   return jax.tree.map(lambda *xs: np.concatenate(xs), *outputs)
 
@@ -127,6 +167,15 @@ class Evaluator:
 
     self._objective_metrics = objective_metrics
 
+    def encodings(variables, images, positions):
+      x, _ = self.inputs(images, positions)
+      return code_statistics(*code_and_logvar(model, variables, x))
+
+    self._encodings = encodings
+    # Seeds host-side fits (k-means, EM). Split off the eval stream, so it is
+    # none of the per-example keys fold_in(eval, position).
+    self.analysis_key = jax.random.split(exp.keys['eval'])[0]
+
   def inputs(self, images, positions):
     """Model inputs and objective keys of held-out examples (fixed keys)."""
     data_keys, objective_keys = per_example_keys(self.exp.keys['eval'],
@@ -140,6 +189,32 @@ class Evaluator:
       self._compiled[fn] = map_examples(self.exp.mesh, fn)
     return run_over_split(self._compiled[fn], variables, images,
                           batch_size or self.eval_config.batch_size)
+
+  def map_local(self, fn, variables, images, batch_size=None):
+    """`map_split` on this process's default device only.
+
+    For figures: only process 0 draws them, and a sharded call there would
+    wait forever for the other processes.
+    """
+    key = ('local', fn)
+    if key not in self._compiled:
+      self._compiled[key] = jax.jit(fn)
+    return run_over_split(self._compiled[key], variables, images,
+                          batch_size or self.eval_config.batch_size)
+
+  def encodings(self, variables, images, on_all_devices=True):
+    """Codes of the fixed-key inputs of `images`.
+
+    Returns {'code': [N, D]} (posterior means, or an autoencoder's codes,
+    flattened) and, for a Gaussian encoder, 'kl_per_dim' [N, D]. Figures pass
+    on_all_devices=False (see `map_local`).
+    """
+    run = self.map_split if on_all_devices else self.map_local
+    return run(self._encodings, variables, images)
+
+  def eval_labels(self, images):
+    """The labels of `images` from `eval_images` (a prefix of the split)."""
+    return self.split.labels[:len(images)]
 
   def eval_images(self, quick=False):
     """The held-out images: the first `quick_examples` if quick, else the
@@ -214,8 +289,121 @@ def iwae_metrics(evaluator, variables, images):
           **evaluator.bits_per_dim('iwae', nll)}
 
 
+ACTIVE_UNIT_THRESHOLD = 0.01
+
+
+def active_units(means, threshold=ACTIVE_UNIT_THRESHOLD):
+  """Number of latent dimensions u with Cov_x(E_q[z_u | x]) > threshold.
+
+  A dimension whose posterior mean hardly moves with x carries no
+  information about x: it has collapsed to the prior (Burda et al., 2016).
+  `means` is [N, D]; the variance is over the N examples.
+  """
+  variances = np.var(np.asarray(means, np.float64), axis=0)
+  return int(np.sum(variances > threshold))
+
+
+def diagnostics_metrics(evaluator, variables, images):
+  """Latent diagnostics and reconstruction error on the held-out examples.
+
+  * `kl_dim_<j>`: mean over examples of KL(q(z_j | x) || N(0, 1)); they sum
+    to the objective's `kl` (Gaussian encoders only).
+  * `active_units` of `latent_dims` (see `active_units`).
+  * `reconstruction_mse`: per-pixel squared error between the inputs and the
+    likelihood's mean at the posterior mean code; `reconstruction_nll_at_mean`:
+    -log p(x | z = E_q[z | x]) in nats per example.
+  """
+  model, likelihood = evaluator.exp.model, evaluator.exp.likelihood
+
+  def codes_and_errors(variables, images, positions):
+    x, _ = evaluator.inputs(images, positions)
+    code, logvar = code_and_logvar(model, variables, x)
+    decoded = model.apply(variables, code, method=model.decode)
+    squared_error = jnp.square(likelihood.mean(decoded) - x)
+    return {'squared_error': jnp.mean(
+                squared_error.reshape(x.shape[0], -1), axis=-1),
+            'nll_at_mean': -likelihood.log_prob(decoded, x),
+            **code_statistics(code, logvar)}
+
+  per_example = evaluator.map_split(codes_and_errors, variables, images)
+  latent_dims = per_example['code'].shape[1]
+  metrics = {
+      'reconstruction_mse': float(np.mean(per_example['squared_error'])),
+      'reconstruction_nll_at_mean': float(np.mean(per_example['nll_at_mean'])),
+      'active_units': active_units(per_example['code']),
+      'latent_dims': latent_dims,
+  }
+  if 'kl_per_dim' in per_example:
+    width = len(str(latent_dims - 1))
+    metrics.update({
+        f'kl_dim_{j:0{width}d}': float(kl)
+        for j, kl in enumerate(np.mean(per_example['kl_per_dim'], axis=0))})
+  return metrics
+
+
+def pixel_features(images):
+  """uint8 images [N, H, W, C] -> intensities in [0, 1], flattened [N, HWC]:
+  the raw-pixel baseline the codes are compared with."""
+  return np.asarray(images, np.float32).reshape(len(images), -1) / 255.0
+
+
+def linear_probe_metrics(evaluator, variables, images):
+  """Linear-probe accuracy on frozen codes, and on raw pixels for comparison.
+
+  A logistic regression (`probes.fit_linear_probe`) is fitted on the first
+  `eval.probe_train_examples` training examples and scored on `images`.
+  Training images go through the same fixed-key transform as held-out ones
+  (binarised once, the same way every time), so the probe is deterministic.
+  """
+  train = evaluator.exp.dataset.train
+  num_train = evaluator.eval_config.get('probe_train_examples', 10000)
+  train_images = train.images[:num_train]
+  train_labels = train.labels[:num_train]
+  test_labels = evaluator.eval_labels(images)
+  num_classes = evaluator.exp.dataset.num_classes
+  latent_accuracy = probes.linear_probe_accuracy(
+      evaluator.encodings(variables, train_images)['code'], train_labels,
+      evaluator.encodings(variables, images)['code'], test_labels,
+      num_classes)
+  pixel_accuracy = probes.linear_probe_accuracy(
+      pixel_features(train_images), train_labels, pixel_features(images),
+      test_labels, num_classes)
+  return {'probe_accuracy_latent': latent_accuracy,
+          'probe_accuracy_pixels': pixel_accuracy,
+          'probe_train_examples': len(train_images)}
+
+
+def clustering_metrics(evaluator, variables, images):
+  """Clustering accuracy of k-means and a diagonal GMM (EM), one cluster per
+  class, on the held-out codes and on the top `eval.pixel_pca_dims` principal
+  components of their pixels (PCA keeps EM on pixels fast and well
+  conditioned; constant border pixels would make diagonal variances
+  degenerate)."""
+  labels = evaluator.eval_labels(images)
+  num_classes = evaluator.exp.dataset.num_classes
+  key = evaluator.analysis_key
+  latent = probes.clustering_accuracies(
+      key, evaluator.encodings(variables, images)['code'], labels,
+      num_classes)
+  pixel_pca = probes.pca_project(
+      pixel_features(images), evaluator.eval_config.get('pixel_pca_dims', 50))
+  pixels = probes.clustering_accuracies(key, pixel_pca, labels, num_classes)
+  return {'kmeans_accuracy_latent': latent['kmeans'],
+          'gmm_accuracy_latent': latent['gmm'],
+          'kmeans_accuracy_pixel_pca': pixels['kmeans'],
+          'gmm_accuracy_pixel_pca': pixels['gmm'],
+          'pixel_pca_dims': pixel_pca.shape[1]}
+
+
 EVALUATIONS = registry.Registry('evaluation', {
     'iwae': iwae_metrics,
+    'diagnostics': diagnostics_metrics,
+    'linear_probe': linear_probe_metrics,
+    'clustering': clustering_metrics,
+    'denoising': autoencoder_evaluation.denoising_metrics,
+    'mixture_cluster_accuracy': mixture_evaluation.cluster_accuracy_metrics,
+    'mixture_classifier_accuracy':
+        mixture_evaluation.mixture_classifier_metrics,
 }, 'config.eval.extras')
 
 
@@ -225,11 +413,29 @@ def _figure_inputs(evaluator, num_examples=32):
   return evaluator.inputs(images, positions)[0]
 
 
+def code_and_logvar(model, variables, x):
+  """(posterior mean, log-variance) of a Gaussian encoder, or (code, None)
+  for an encoder that returns a code alone (deterministic autoencoders)."""
+  encoded = model.apply(variables, x, method=model.encode)
+  if isinstance(encoded, tuple):
+    return encoded[0], encoded[1]
+  return encoded, None
+
+
+def code_statistics(code, logvar):
+  """{'code': [B, D]}, the code flattened, and for a Gaussian encoder
+  'kl_per_dim' [B, D], each dimension's KL(q(z_j | x) || N(0, 1))."""
+  batch = code.shape[0]
+  statistics = {'code': code.reshape(batch, -1)}
+  if logvar is not None:
+    statistics['kl_per_dim'] = distributions.gaussian_kl(
+        code, logvar).reshape(batch, -1)
+  return statistics
+
+
 def _encode_mean(evaluator, variables, x):
   """The code of x: the posterior mean for a VAE, the code for an AE."""
-  model = evaluator.exp.model
-  code = model.apply(variables, x, method=model.encode)
-  return code[0] if isinstance(code, tuple) else code
+  return code_and_logvar(evaluator.exp.model, variables, x)[0]
 
 
 def _decode_mean(evaluator, variables, z):
@@ -279,9 +485,237 @@ def manifold_figure(evaluator, variables):
       num_columns=20, padding=0)}
 
 
+TRAVERSAL_STEPS = 11
+TRAVERSAL_RANGE = 3.0
+
+
+def _figure_encodings(evaluator, variables):
+  """Encodings of the first `eval.scatter_examples` held-out examples."""
+  num_examples = evaluator.eval_config.get('scatter_examples', 2000)
+  images = evaluator.split.images[:num_examples]
+  encodings = evaluator.encodings(variables, images, on_all_devices=False)
+  return encodings, evaluator.split.labels[:num_examples]
+
+
+def traversals_figure(evaluator, variables):
+  """One row per latent dimension among the `eval.traversal_dims` most used.
+
+  Dimensions are ranked by mean KL over the held-out examples (by the
+  variance of the code for autoencoders). Each row starts from the code of
+  the first held-out image and sets its dimension to TRAVERSAL_STEPS values
+  from -3 to +3 standard deviations of that dimension's codes around their
+  mean (for an active VAE unit, roughly the prior's range).
+  """
+  encodings, _ = _figure_encodings(evaluator, variables)
+  codes = encodings['code']
+  usage = (np.mean(encodings['kl_per_dim'], axis=0)
+           if 'kl_per_dim' in encodings else np.var(codes, axis=0))
+  num_dims = min(evaluator.eval_config.get('traversal_dims', 8),
+                 codes.shape[1])
+  dims = np.argsort(-usage, kind='stable')[:num_dims]
+  offsets = np.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, TRAVERSAL_STEPS)
+  values = (np.mean(codes, axis=0)[dims, None]
+            + np.std(codes, axis=0)[dims, None] * offsets)
+  traversal = latent_figures.traversal_codes(codes[0], dims, values)
+  return {'traversals': image_lib.make_grid(
+      _decode_mean(evaluator, variables, jnp.asarray(traversal)),
+      num_columns=TRAVERSAL_STEPS)}
+
+
+def pca_scatter_figure(evaluator, variables):
+  """The held-out codes on their first two principal components, coloured by
+  label (the first `eval.scatter_examples` examples)."""
+  encodings, labels = _figure_encodings(evaluator, variables)
+  points = probes.pca_project(encodings['code'], 2)
+  # A 1-D code has one component: draw it along the first axis.
+  points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
+  split = evaluator.eval_config.get('split', 'test')
+  return {'pca_scatter': latent_figures.scatter_plot(
+      points, labels, evaluator.exp.dataset.class_names,
+      title=f'PCA of {split} codes')}
+
+
 FIGURES = registry.Registry('figure', {
     'reconstructions': reconstructions_figure,
     'samples': samples_figure,
     'interpolations': interpolations_figure,
     'manifold': manifold_figure,
+    'traversals': traversals_figure,
+    'pca_scatter': pca_scatter_figure,
+    'denoising': autoencoder_evaluation.denoising_figure,
 }, 'config.eval.figures')
+
+
+# The evaluation command: the latest checkpoint of a workdir, with its config.
+
+
+def _lists_to_tuples(value):
+  """JSON arrays back to the tuples experiment files write."""
+  if isinstance(value, dict):
+    return {k: _lists_to_tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_lists_to_tuples(v) for v in value)
+  return value
+
+
+def load_workdir_config(workdir):
+  """The experiment config saved in `workdir/config.json` as a ConfigDict."""
+  if not os.path.isdir(workdir):
+    raise errors.UserError(
+        f'workdir {workdir} does not exist. Pass the --workdir of a training '
+        f'run (python -m vaejax.main --config ... --workdir {workdir}).')
+  saved = checkpoint.load_config_dict(workdir)
+  if saved is None:
+    raise errors.UserError(
+        f'{workdir} has no config.json, so no training run has started '
+        f'there. Train first: python -m vaejax.main --config '
+        f'experiments/vae.py --workdir {workdir}')
+  return ml_collections.ConfigDict(_lists_to_tuples(saved))
+
+
+def open_latest_checkpoint(workdir, config):
+  """A checkpoint manager for `workdir` that has a checkpoint to restore.
+
+  Checks before creating the manager, which would otherwise create an empty
+  checkpoint directory.
+  """
+  directory = checkpoint.checkpoint_dir(workdir)
+  manager = None
+  if os.path.isdir(directory):
+    manager = checkpoint.create_manager(
+        workdir, config.get('checkpoints_to_keep', 3))
+  if manager is None or manager.latest_step() is None:
+    raise errors.UserError(
+        f'{workdir} has no checkpoint to evaluate (nothing in {directory}). '
+        f'Train until the first checkpoint (config.checkpoint_every steps, '
+        f'or the end of training): python -m vaejax.main --config '
+        f'experiments/vae.py --workdir {workdir}')
+  return manager
+
+
+def _override_eval_config(config, iwae_samples, split, extras):
+  """Applies the command's choices to the loaded `config.eval`."""
+  eval_config = config.eval
+  if split is not None:
+    eval_config.split = split
+  if extras is not None:
+    eval_config.extras = tuple(extras)
+  if iwae_samples is not None:
+    eval_config.iwae_samples = iwae_samples
+    # k samples are drawn in chunks of iwae_chunk; a smaller k is one chunk.
+    eval_config.iwae_chunk = min(eval_config.iwae_chunk, iwae_samples)
+    if iwae_samples % eval_config.iwae_chunk:
+      raise errors.ConfigError(
+          f'--k={iwae_samples} must be a multiple of config.eval.iwae_chunk='
+          f'{eval_config.iwae_chunk} (samples are drawn in chunks of that '
+          f'size). Choose a multiple, or a k of at most '
+          f'{eval_config.iwae_chunk}.')
+
+
+def evaluate_checkpoint(workdir, iwae_samples=None, split=None, extras=None):
+  """Evaluates the latest checkpoint in `workdir` with its saved config.
+
+  Args:
+    workdir: the --workdir of a training run.
+    iwae_samples: k of the IWAE estimate; default `config.eval.iwae_samples`.
+    split: 'test' or 'validation'; default `config.eval.split`.
+    extras: names in EVALUATIONS; default `config.eval.extras`.
+
+  Returns:
+    {'step', 'metrics', 'metrics_path', 'figure_paths' {name: PNG path}}.
+  """
+  config = load_workdir_config(workdir)
+  _override_eval_config(config, iwae_samples, split, extras)
+  manager = open_latest_checkpoint(workdir, config)
+  exp = experiment.build_experiment(config)
+  evaluator = Evaluator(exp)
+  state = checkpoint.restore_latest(manager, experiment.init_state(exp))
+  manager.close()
+  step = int(state['step'])
+  metrics = evaluator.evaluate(state, step)
+
+  eval_config = config.eval
+  split = eval_config.get('split', 'test')
+  name = f'evaluation_step{step}_{split}'
+  if 'iwae' in eval_config.get('extras', ()):
+    name += f'_k{eval_config.iwae_samples}'
+  metrics_path = write_metrics_json(workdir, step, metrics, f'{name}.json')
+  write_metrics_json(workdir, step, metrics, 'evaluation.json')
+  writer = metric_writers.MetricWriter(
+      os.path.join(workdir, 'tensorboard', 'evaluate'))
+  writer.write_scalars(step, {f'{split}/{k}': v for k, v in metrics.items()})
+  figure_paths = {}
+  for figure_name, grid in evaluator.figures(jax.device_get(state)).items():
+    figure_paths[figure_name] = evaluator.save_figure(workdir, figure_name,
+                                                      grid, step)
+    writer.write_image(step, f'images/{figure_name}', grid)
+  writer.close()
+  return {'step': step, 'metrics': metrics, 'metrics_path': metrics_path,
+          'figure_paths': figure_paths}
+
+
+def format_metrics(metrics):
+  """One `name: value` line per metric, names aligned."""
+  width = max(map(len, metrics))
+  return '\n'.join(f'{name:>{width}s}: {value:.6g}'
+                   for name, value in sorted(metrics.items()))
+
+
+def define_flags():
+  """The command's flags, defined only when it runs, so that importing this
+  module (train.py does) adds nothing to `vaejax.main`'s flags."""
+  flags.DEFINE_string('workdir', None,
+                      'The --workdir of a training run: its config.json and '
+                      'latest checkpoint are evaluated.')
+  flags.DEFINE_integer(
+      'k', None, 'Importance samples of the IWAE log-likelihood estimate '
+      '(default: config.eval.iwae_samples, 5000 for experiments/vae.py).',
+      lower_bound=1)
+  flags.DEFINE_enum('split', None, ['test', 'validation'],
+                    'Held-out split (default: config.eval.split).')
+  flags.DEFINE_list(
+      'extras', None, 'Evaluations to run, e.g. iwae,diagnostics,linear_probe,'
+      'clustering (default: config.eval.extras).')
+  flags.mark_flags_as_required(['workdir'])
+
+
+class _HideLibraryInfo(logging.Filter):
+  """Keeps orbax's INFO lines out of the console (warnings pass)."""
+
+  def filter(self, record):
+    return record.levelno >= logging.WARNING or 'orbax' not in record.pathname
+
+
+def fail(message):
+  """Prints `vaejax: error: ...` and exits with status 2 (no traceback)."""
+  print(f'vaejax: error: {message}', file=sys.stderr)
+  sys.exit(2)
+
+
+def parse_flags(argv):
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f'{e}\nPass --helpshort to see the flags.')
+
+
+def main(argv):
+  if len(argv) > 1:
+    fail(f'unexpected arguments {argv[1:]}; pass --helpshort to see the '
+         f'flags.')
+  absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
+  options = flags.FLAGS
+  try:
+    result = evaluate_checkpoint(options.workdir, options.k, options.split,
+                                 options.extras)
+  except (errors.UserError, data_lib.DataError) as e:
+    fail(str(e))
+  print(f'Step {result["step"]}: wrote {result["metrics_path"]}')
+  for path in result['figure_paths'].values():
+    print(f'Step {result["step"]}: wrote {path}')
+  print(format_metrics(result['metrics']))
+
+
+if __name__ == '__main__':
+  define_flags()
+  app.run(main, flags_parser=parse_flags)

@@ -1,6 +1,12 @@
 """Entry point: `python -m vaejax.main --config experiments/vae.py --workdir W`.
 
-Flags only; the work is `vaejax.train.train_and_evaluate`.
+Flags only; the work is `vaejax.train.train_and_evaluate`. Exit status:
+  0    trained and evaluated;
+  1    training stopped on a NaN or inf (the last good checkpoint is kept);
+  2    bad input: config, data, workdir or its checkpoints (nothing trained);
+  128+N  stopped by signal N (SIGTERM: 143, Ctrl-C: 130) after saving a
+       checkpoint; rerunning the same command resumes.
+Each failure prints one `vaejax: ...` line saying what to do, no traceback.
 """
 import logging
 import sys
@@ -42,10 +48,10 @@ class _HideLibraryInfo(logging.Filter):
     return record.levelno >= logging.WARNING or 'orbax' not in record.pathname
 
 
-def fail(message):
-  """Prints `vaejax: error: ...` and exits with status 2 (no traceback)."""
+def fail(message, status=2):
+  """Prints `vaejax: error: ...` and exits with `status` (no traceback)."""
   print(f'vaejax: error: {message}', file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
 
 
 def parse_flags(argv):
@@ -77,6 +83,11 @@ def main(argv):
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (errors.UserError, data.DataError) as e:
     fail(str(e))
+  except train.NonFiniteError as e:
+    fail(str(e), status=1)
+  except train.Interrupted as e:
+    print(f'vaejax: stopped: {e}', file=sys.stderr)
+    sys.exit(128 + e.signal_number)
 
 
 if __name__ == '__main__':

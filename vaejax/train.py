@@ -19,9 +19,16 @@ step s the example at position i of the global batch gets the key
 fold_in(fold_in(train_key, s), i), so the numbers do not depend on the
 device count. The data order is a NumPy permutation per epoch seeded by
 (seed, epoch): a resumed run sees exactly the batches of an uninterrupted one.
+
+Faults: SIGTERM or Ctrl-C (SIGINT) saves a checkpoint at the step reached
+and raises `Interrupted`; a NaN or inf loss or gradient norm raises
+`NonFiniteError` before anything after the last good checkpoint is saved;
+`checkpoint.resume` deals with unreadable and incompatible checkpoints.
 """
 import logging
 import os
+import signal
+import threading
 import time
 
 import jax
@@ -29,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from vaejax import checkpoint
@@ -38,8 +46,67 @@ from vaejax import metric_writers
 from vaejax import sharding
 from vaejax.data import pipeline
 
+# Logged as the sum over each log interval (a count), not the mean.
+SUMMED_METRICS = ('skipped_updates',)
+
+
 class NonFiniteError(FloatingPointError):
   """Training produced NaN or inf; the last good checkpoint is kept."""
+
+
+class Interrupted(Exception):
+  """SIGTERM or SIGINT stopped training after a checkpoint was saved."""
+
+  def __init__(self, message, signal_number):
+    super().__init__(message)
+    self.signal_number = signal_number
+
+
+class StopSignals:
+  """Turns SIGTERM and SIGINT into a request to stop between chunks.
+
+  A preempted or Ctrl-C'd run then saves the steps it has done instead of
+  losing those since the last checkpoint. The first signal restores the
+  previous handler, so a second one acts at once (Ctrl-C twice). Handlers
+  can only be installed from the main thread; a run in another thread keeps
+  the usual behaviour.
+  """
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+  def __init__(self):
+    self.received = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for signal_number in self.SIGNALS:
+        self._previous[signal_number] = signal.signal(signal_number,
+                                                      self._handle)
+    return self
+
+  def _handle(self, signal_number, frame):
+    del frame
+    self.received = signal_number
+    self._restore(signal_number)
+
+  def _restore(self, signal_number):
+    previous = self._previous.get(signal_number)
+    # None: a handler installed from C, which Python cannot reinstall.
+    signal.signal(signal_number,
+                  signal.SIG_DFL if previous is None else previous)
+
+  def __exit__(self, *exc_info):
+    for signal_number in self._previous:
+      self._restore(signal_number)
+
+  def stop_requested(self):
+    """Whether any process received a signal (all processes must stop at
+    the same step, since saving a checkpoint is collective)."""
+    received = self.received is not None
+    if jax.process_count() > 1:
+      received = bool(np.any(multihost_utils.process_allgather(
+          np.int32(received))))
+    return received
 
 
 def example_keys(step_key, positions):
@@ -68,6 +135,7 @@ def make_train_chunk(exp, data_on_device=True):
   train_key = exp.keys['train']
   model, objective, transform = exp.model, exp.objective, exp.transform
   optimizer = exp.optimizer
+  skip_threshold = exp.config.optimizer.get('skip_update_above_grad_norm', 0.0)
 
   def train_step(state, local_batch_data):
     step = state['step']
@@ -106,11 +174,24 @@ def make_train_chunk(exp, data_on_device=True):
                        else value),
         model_state)
     metrics['grad_norm'] = optax.tree.norm(grads)
-    updates, opt_state = optimizer.update(grads, state['opt_state'],
-                                          state['params'])
+    def apply_update(params, opt_state):
+      updates, opt_state = optimizer.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    if skip_threshold:
+      # As in VDVAE: a step whose gradient norm is above the threshold (a
+      # rare spike) leaves the parameters and optimiser state as they were.
+      # The gradient norm is the same on every device, so they all agree.
+      skip = metrics['grad_norm'] > skip_threshold
+      params, opt_state = lax.cond(
+          skip, lambda params, opt_state: (params, opt_state), apply_update,
+          state['params'], state['opt_state'])
+      metrics['skipped_updates'] = skip.astype(jnp.float32)
+    else:
+      params, opt_state = apply_update(state['params'], state['opt_state'])
     new_state = {
         'step': step + 1,
-        'params': optax.apply_updates(state['params'], updates),
+        'params': params,
         'model_state': model_state,
         'opt_state': opt_state,
     }
@@ -150,47 +231,51 @@ def next_boundary(step, config):
   return min(candidates)
 
 
-def check_finite(metrics, first_step):
-  """Raises NonFiniteError naming the first step and metric that is not finite."""
+def check_finite(metrics, first_step, last_checkpoint=None):
+  """Raises NonFiniteError naming the first step and metric that is not finite.
+
+  `last_checkpoint` (a path) is the one the message tells the user to resume
+  from.
+  """
   for name in ('loss', 'grad_norm'):
     values = metrics[name]
     bad = np.flatnonzero(~np.isfinite(values))
     if bad.size:
       step = first_step + int(bad[0]) + 1
+      if last_checkpoint is None:
+        kept = 'no checkpoint had been written yet'
+      else:
+        kept = (f'the last good checkpoint, {last_checkpoint}, is kept: '
+                f'rerun the same command with a lower '
+                f'--config.optimizer.learning_rate or with '
+                f'--config.optimizer.skip_update_above_grad_norm set to '
+                f'resume from it')
       raise NonFiniteError(
           f'{name} became {values[bad[0]]} at step {step}. Training stopped; '
-          f'the last good checkpoint is kept. Lower the learning rate, set '
-          f'config.optimizer.grad_clip_norm, or check the data.')
+          f'{kept}. Otherwise start a new --workdir with '
+          f'config.optimizer.grad_clip_norm set, or check the data.')
 
 
-def train_and_evaluate(config, workdir, dataset=None):
-  """Trains the experiment of `config` in `workdir`, resuming if possible.
+def step_path(workdir, step):
+  return os.path.join(checkpoint.checkpoint_dir(workdir), str(int(step)))
 
-  Returns a dict with the final train state and the final evaluation metrics.
+
+def train_steps(exp, state, manager, writer, evaluator, workdir):
+  """Runs chunks from the state's step to `num_train_steps`: logs, quick
+  evaluations and checkpoints on their boundaries. Returns the final state.
+
+  Raises:
+    NonFiniteError: before anything from the bad chunk is saved.
+    Interrupted: SIGTERM/SIGINT, after saving the step reached.
+    checkpoint.CheckpointWriteError: a checkpoint could not be written.
   """
-  exp = experiment.build_experiment(config, dataset)
-  is_main_process = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
-  manager = checkpoint.create_manager(workdir,
-                                      config.get('checkpoints_to_keep', 3))
-  state = experiment.init_state(exp)
-  restored = checkpoint.restore_latest(manager, state)
-  if restored is not None:
-    state = restored
-    logging.info('Resumed from %s at step %d.',
-                 checkpoint.checkpoint_dir(workdir), int(state['step']))
-  if is_main_process:
-    checkpoint.save_config(workdir, config)
-
-  writer = metric_writers.MetricWriter(os.path.join(workdir, 'tensorboard'),
-                                       enabled=is_main_process)
+  config = exp.config
   data_on_device = config.data.get('on_device', True)
   feed = pipeline.TrainFeed(exp.dataset.train, exp.mesh, config.seed,
                             config.batch_size, data_on_device)
   train_chunk = make_train_chunk(exp, data_on_device)
-  evaluator = evaluate.Evaluator(exp)
-
   step = int(state['step'])
+  last_checkpoint = step_path(workdir, step) if step else None
   num_steps = config.num_train_steps
   progress = metric_writers.ProgressReporter(num_steps, config.batch_size)
   logging.info('Training %s / %s on %s (%d train examples) with %d devices '
@@ -198,35 +283,87 @@ def train_and_evaluate(config, workdir, dataset=None):
                exp.dataset.source, len(exp.dataset.train.images),
                exp.mesh.shape[sharding.DATA_AXIS], step, num_steps)
   pending = []
-  train_start = time.perf_counter()
-  while step < num_steps:
-    end = next_boundary(step, config)
-    chunk_start = time.perf_counter()
-    args = feed.chunk_args(step, end)
-    state, metrics = train_chunk(state, *args)
-    feed.prefetch(end, next_boundary(end, config) if end < num_steps else end)
-    metrics = sharding.to_host(metrics)
-    progress.add(end - step, time.perf_counter() - chunk_start)
-    check_finite(metrics, step)
-    pending.append(metrics)
-    step = end
-    if step % config.log_every == 0 or step == num_steps:
-      scalars = {name: float(np.mean(np.concatenate([m[name] for m in pending])))
-                 for name in pending[0]}
-      pending = []
-      scalars.update(progress.report(step, scalars))
-      writer.write_scalars(step, {f'train/{k}': v for k, v in scalars.items()})
-    if config.eval_every and step % config.eval_every == 0 and step < num_steps:
-      eval_metrics = evaluator.evaluate(state, step, quick=True)
-      writer.write_scalars(step, {f'eval/{k}': v
-                                  for k, v in eval_metrics.items()})
-    if (config.checkpoint_every and step % config.checkpoint_every == 0
-        or step == num_steps):
-      checkpoint.save(manager, step, state)
-  feed.close()
-  manager.wait_until_finished()
-  train_seconds = time.perf_counter() - train_start
+  with StopSignals() as signals:
+    try:
+      while step < num_steps:
+        end = next_boundary(step, config)
+        chunk_start = time.perf_counter()
+        args = feed.chunk_args(step, end)
+        state, metrics = train_chunk(state, *args)
+        feed.prefetch(end,
+                      next_boundary(end, config) if end < num_steps else end)
+        metrics = sharding.to_host(metrics)
+        progress.add(end - step, time.perf_counter() - chunk_start)
+        check_finite(metrics, step, last_checkpoint)
+        pending.append(metrics)
+        step = end
+        if step % config.log_every == 0 or step == num_steps:
+          scalars = {
+              name: float((np.sum if name in SUMMED_METRICS else np.mean)(
+                  np.concatenate([m[name] for m in pending])))
+              for name in pending[0]}
+          pending = []
+          scalars.update(progress.report(step, scalars))
+          writer.write_scalars(step,
+                               {f'train/{k}': v for k, v in scalars.items()})
+        if (config.eval_every and step % config.eval_every == 0
+            and step < num_steps):
+          eval_metrics = evaluator.evaluate(state, step, quick=True)
+          writer.write_scalars(step, {f'eval/{k}': v
+                                      for k, v in eval_metrics.items()})
+        if (config.checkpoint_every and step % config.checkpoint_every == 0
+            or step == num_steps):
+          checkpoint.save(manager, step, state)
+          last_checkpoint = step_path(workdir, step)
+        if signals.stop_requested():
+          checkpoint.save(manager, step, state)
+          checkpoint.wait_until_finished(manager)
+          raise Interrupted(
+              f'{signal.Signals(signals.received).name} received: saved a '
+              f'checkpoint at step {step} in {step_path(workdir, step)}. '
+              f'Rerun the same command to resume from it.',
+              signals.received)
+    finally:
+      feed.close()
+  return state
 
+
+def train_and_evaluate(config, workdir, dataset=None):
+  """Trains the experiment of `config` in `workdir`, resuming if possible.
+
+  Bad input (config, data, workdir, incompatible checkpoints) raises an
+  `errors.UserError` or `data.DataError` before any training; see
+  `train_steps` for what can stop training. Pending checkpoint writes finish
+  before any of these propagates.
+
+  Returns a dict with the final train state and the final evaluation metrics.
+  """
+  exp = experiment.build_experiment(config, dataset)
+  is_main_process = jax.process_index() == 0
+  checkpoint.check_writable(workdir)
+  manager = checkpoint.create_manager(workdir,
+                                      config.get('checkpoints_to_keep', 3))
+  try:
+    state = experiment.init_state(exp)
+    restored = checkpoint.resume(manager, state, workdir, config)
+    if restored is not None:
+      state = restored
+      logging.info('Resumed from %s at step %d.',
+                   checkpoint.checkpoint_dir(workdir), int(state['step']))
+    if is_main_process:
+      checkpoint.save_config(workdir, config)
+    writer = metric_writers.MetricWriter(
+        os.path.join(workdir, 'tensorboard'), enabled=is_main_process)
+    evaluator = evaluate.Evaluator(exp)
+    train_start = time.perf_counter()
+    state = train_steps(exp, state, manager, writer, evaluator, workdir)
+    checkpoint.wait_until_finished(manager)
+    train_seconds = time.perf_counter() - train_start
+  except BaseException:
+    checkpoint.close_after_error(manager)
+    raise
+
+  step = int(state['step'])
   final_metrics = evaluator.evaluate(state, step, quick=False)
   final_metrics['train_seconds_this_run'] = train_seconds
   writer.write_scalars(step, {f'eval/{k}': v for k, v in final_metrics.items()})

@@ -52,6 +52,12 @@ def scale(keys, images):
   return images.astype(jnp.float32) / 255.0
 
 
+def features(keys, images):
+  """x = the feature vectors of a first stage (`config.data.features`), as is."""
+  del keys
+  return images.astype(jnp.float32)
+
+
 def dequantize(keys, images):
   """x = (pixel + u) / 256 with u ~ U[0, 1): continuous data in [0, 1)."""
   noise = _per_example(
@@ -70,6 +76,9 @@ TRANSFORMS = registry.Registry('data transform', {
     'dequantize': Transform(
         'dequantize', dequantize, math.log(256.0),
         'x = (pixel + U[0,1))/256'),
+    'features': Transform(
+        'features', features, 0.0,
+        'float32 features of a first stage (config.data.features), as is'),
 }, 'config.data.transform')
 
 

@@ -1,11 +1,17 @@
 """Model registry: `config.model.name` -> builder(model_config, image_shape, likelihood)."""
 from vaejax import errors
 from vaejax import registry
+from vaejax.models import autoencoder
+from vaejax.models import mixture
 from vaejax.models import vae
 
 MODELS = registry.Registry('model', {
     'mlp_vae': vae.mlp_vae,
     'conv_vae': vae.conv_vae,
+    'gaussian_mixture': mixture.gaussian_mixture,
+    'mixture_classifier': mixture.mixture_classifier,
+    'mlp_autoencoder': autoencoder.mlp_autoencoder,
+    'conv_autoencoder': autoencoder.conv_autoencoder,
 }, 'config.model.name')
 
 

@@ -1,0 +1,114 @@
+"""Deterministic autoencoders: z = E(x), x_hat = D(z), MLP and convolutional.
+
+Encoders map images [B, H, W, C] to one code [B, code_dim]; the decoders are
+the VAE's (`vae.MLPDecoder`, `vae.ConvDecoder`), which map a code to the
+likelihood's parameters [B, H, W, C * num_params]: logits for the Bernoulli
+cross-entropy, the reconstruction itself for MSE, MAE and Smooth-L1. The
+bottleneck is checked to be smaller than the input (undercomplete), so the
+identity cannot be learned.
+
+With no hidden layers the MLP autoencoder is affine,
+x_hat = W_d (W_e x + b_e) + b_d, and its MSE optimum spans the top principal
+subspace of the data.
+"""
+import math
+from typing import Sequence
+
+import flax.linen as nn
+
+from vaejax import errors
+from vaejax import registry
+from vaejax.models import vae
+
+CODE_ACTIVATIONS = registry.Registry('code activation', {
+    'linear': lambda h: h,
+    # Codes that can be exactly zero: what a sparsity penalty is meant to get.
+    'relu': nn.relu,
+}, 'config.model.code_activation')
+
+
+class MLPEncoder(nn.Module):
+  """Flatten -> ReLU MLP -> code."""
+  hidden_sizes: Sequence[int]
+  code_dim: int
+  code_activation: str = 'linear'
+
+  @nn.compact
+  def __call__(self, x):
+    h = x.reshape(x.shape[0], -1)
+    for i, size in enumerate(self.hidden_sizes):
+      h = nn.relu(nn.Dense(size, name=f'hidden_{i}')(h))
+    code = nn.Dense(self.code_dim, name='code')(h)
+    return CODE_ACTIVATIONS.get(self.code_activation)(code)
+
+
+class ConvEncoder(nn.Module):
+  """Stride-2 3x3 convolutions (one per `channels` entry) -> dense -> code."""
+  channels: Sequence[int]
+  code_dim: int
+  hidden_size: int = 256
+  code_activation: str = 'linear'
+
+  @nn.compact
+  def __call__(self, x):
+    h = x
+    for i, c in enumerate(self.channels):
+      h = nn.gelu(nn.Conv(c, (3, 3), strides=(2, 2), name=f'conv_{i}')(h))
+    h = h.reshape(h.shape[0], -1)
+    h = nn.gelu(nn.Dense(self.hidden_size, name='hidden')(h))
+    code = nn.Dense(self.code_dim, name='code')(h)
+    return CODE_ACTIVATIONS.get(self.code_activation)(code)
+
+
+class Autoencoder(nn.Module):
+  """An encoder to a deterministic code and a decoder back to the image."""
+  encoder: nn.Module
+  decoder: nn.Module
+
+  def encode(self, x):
+    return self.encoder(x)
+
+  def decode(self, code):
+    return self.decoder(code)
+
+  def __call__(self, x):
+    return self.decode(self.encode(x))
+
+
+def _check_code(config, image_shape):
+  if config.code_dim >= math.prod(image_shape):
+    raise errors.ConfigError(
+        f'config.model.code_dim={config.code_dim} is not smaller than the '
+        f'input ({math.prod(image_shape)} values for images of shape '
+        f'{tuple(image_shape)}): an undercomplete autoencoder needs a '
+        f'bottleneck. Lower config.model.code_dim.')
+  CODE_ACTIVATIONS.get(config.get('code_activation', 'linear'))
+
+
+def mlp_autoencoder(config, image_shape, likelihood):
+  _check_code(config, image_shape)
+  hidden = tuple(config.hidden_sizes)
+  return Autoencoder(
+      encoder=MLPEncoder(hidden, config.code_dim,
+                         config.get('code_activation', 'linear')),
+      decoder=vae.MLPDecoder(
+          hidden[::-1], vae._output_shape(image_shape, likelihood)))
+
+
+def conv_autoencoder(config, image_shape, likelihood):
+  _check_code(config, image_shape)
+  channels = tuple(config.channels)
+  scale = 2 ** len(channels)
+  height, width, _ = image_shape
+  if height % scale or width % scale:
+    raise errors.ConfigError(
+        f'conv_autoencoder with {len(channels)} stride-2 layers needs image '
+        f'height and width divisible by {scale}, but the data has images of '
+        f'shape {tuple(image_shape)}. Use fewer entries in '
+        f'config.model.channels or the mlp_autoencoder model.')
+  hidden = config.get('hidden_size', 256)
+  return Autoencoder(
+      encoder=ConvEncoder(channels, config.code_dim, hidden,
+                          config.get('code_activation', 'linear')),
+      decoder=vae.ConvDecoder(
+          channels, vae._output_shape(image_shape, likelihood), hidden))

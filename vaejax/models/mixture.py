@@ -1,0 +1,149 @@
+"""Gaussian-mixture models fitted by EM inside the one train loop (SPEC §5).
+
+EM has no gradient parameters: a model's state is the normalised sufficient
+statistics of its last E-step, kept in the non-parameter collection
+`em_stats`, and its parameters (π, μ, Σ) are derived from them by the M-step
+(`vaejax.em.m_step_from_statistics`). Because the statistics are means over
+examples, the train step's mean over devices pools them exactly, so EM with
+the whole training set as the batch is exact EM on any number of devices.
+The objectives in `vaejax.objectives.mixture` run the E-step.
+
+Inputs are feature vectors [B, D] (`config.data.features`), not images.
+"""
+import flax.linen as nn
+import jax.numpy as jnp
+
+from vaejax import em
+from vaejax import errors
+
+STATISTICS = 'em_stats'
+LABEL_MODEL = 'label_model'
+
+
+def initial_statistics(num_components, num_features, covariance_type):
+  """Statistics whose M-step gives equal weights, zero means and Σ = I.
+
+  A placeholder with the right shapes: the objectives replace it by a
+  k-means++ (or k-means) initialisation from the data in the first step.
+  """
+  weights = jnp.full((num_components,), 1.0 / num_components)
+  identity = (jnp.ones((num_features,)) if covariance_type == 'diag'
+              else jnp.eye(num_features))
+  return em.SufficientStatistics(
+      weights=weights,
+      weighted_sums=jnp.zeros((num_components, num_features)),
+      weighted_second_moments=weights.reshape(
+          (num_components,) + (1,) * identity.ndim) * identity)
+
+
+def declare_statistics(module, covariance_type):
+  """Declares the `em_stats` variables of `module` (in its setup)."""
+  statistics = initial_statistics(module.num_components, module.num_features,
+                                  covariance_type)
+  return em.SufficientStatistics(*(
+      module.variable(STATISTICS, name, lambda value=value: value).value
+      for name, value in statistics._asdict().items()))
+
+
+class GaussianMixtureModel(nn.Module):
+  """π_k N(μ_k, Σ_k) with diagonal or full Σ_k, held as EM statistics."""
+  num_components: int
+  num_features: int
+  covariance_type: str = 'diag'
+  reg_covar: float = 1e-6
+
+  def setup(self):
+    self.statistics = declare_statistics(self, self.covariance_type)
+
+  def mixture(self) -> em.GaussianMixture:
+    """The M-step: parameters from the statistics of the last E-step."""
+    return em.m_step_from_statistics(self.statistics, self.reg_covar)
+
+  def predict(self, x):
+    """[B] most responsible component of each example."""
+    return em.predict(self.mixture(), x)
+
+  def __call__(self, x):
+    """[B] log p(x) of feature vectors x [B, D]."""
+    return em.log_likelihood(self.mixture(), x)
+
+
+class MixtureClassifierModel(nn.Module):
+  """The Gaussian-mixture linear classifier of SPEC §5, held as EM state.
+
+  Z ~ Cat(π), X | Z=k ~ N(μ_k, σ_k² I), P(Y=1 | X, Z=k) = sigmoid(w_e,k +
+  w_x,k·X).
+
+  π, μ and σ² come from diagonal EM statistics (σ_k² is the mean of the
+  diagonal variances). The logistic weights have no closed-form M-step, so
+  they are state of their own (collection `label_model`), together with the
+  Adam state that `em.label_weights_m_step` carries between M-steps.
+  """
+  num_components: int
+  num_features: int
+  reg_covar: float = 1e-6
+
+  def setup(self):
+    self.statistics = declare_statistics(self, 'diag')
+    label_parameters = (jnp.zeros((self.num_components,)),
+                        jnp.zeros((self.num_components, self.num_features)))
+    self.label_biases = self.variable(
+        LABEL_MODEL, 'label_biases', lambda: label_parameters[0]).value
+    self.label_weights = self.variable(
+        LABEL_MODEL, 'label_weights', lambda: label_parameters[1]).value
+    self.optimizer_state = self.variable(
+        LABEL_MODEL, 'optimizer_state',
+        lambda: em.init_label_optimizer_state(label_parameters)).value
+
+  def classifier(self) -> em.MixtureClassifier:
+    """π, μ, σ² by the closed-form M-step, and the current label weights."""
+    mixture = em.m_step_from_statistics(self.statistics, self.reg_covar)
+    return em.MixtureClassifier(
+        log_weights=mixture.log_weights, means=mixture.means,
+        variances=jnp.mean(mixture.covariances, axis=1),
+        label_biases=self.label_biases, label_weights=self.label_weights)
+
+  def label_optimizer_state(self):
+    return self.optimizer_state
+
+  def predict_proba(self, x):
+    """[B] P(Y=1 | X = x)."""
+    return em.predict_proba(self.classifier(), x)
+
+  def __call__(self, x):
+    """[B] log p(x) under the X-part of the model (the label unknown)."""
+    classifier = self.classifier()
+    cluster_mixture = em.GaussianMixture(
+        classifier.log_weights, classifier.means,
+        jnp.broadcast_to(classifier.variances[:, None], classifier.means.shape))
+    return em.log_likelihood(cluster_mixture, x)
+
+
+def _num_features(name, image_shape):
+  if len(image_shape) != 1:
+    raise errors.ConfigError(
+        f'Model {name!r} fits feature vectors [N, D], but the data has images '
+        f'of shape {tuple(image_shape)}. Set config.data.features (e.g. '
+        f'"pca") and config.data.transform="features".')
+  return image_shape[0]
+
+
+def gaussian_mixture(config, image_shape, likelihood):
+  del likelihood  # The mixture is its own likelihood.
+  if config.covariance_type not in em.COVARIANCE_TYPES:
+    raise errors.ConfigError(
+        f'Unknown config.model.covariance_type {config.covariance_type!r}; '
+        f'known types: {", ".join(em.COVARIANCE_TYPES)}.')
+  return GaussianMixtureModel(
+      num_components=config.num_components,
+      num_features=_num_features('gaussian_mixture', image_shape),
+      covariance_type=config.covariance_type,
+      reg_covar=config.get('reg_covar', 1e-6))
+
+
+def mixture_classifier(config, image_shape, likelihood):
+  del likelihood  # The model is its own likelihood.
+  return MixtureClassifierModel(
+      num_components=config.num_components,
+      num_features=_num_features('mixture_classifier', image_shape),
+      reg_covar=config.get('reg_covar', 1e-6))
