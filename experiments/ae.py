@@ -5,11 +5,12 @@ r"""Deterministic autoencoders on Fashion-MNIST (pixels scaled to [0, 1]).
 Variants, comma-separated after a colon and combinable:
   loss=<name>          reconstruction loss: mse (default), mae, smooth_l1, bce
   beta=<f>             Smooth-L1 threshold (default 0.1)
-  sparse[=<lambda>]    L1 penalty lambda * mean|z| on a ReLU code
+  sparse[=<lambda>]    L1 penalty lambda * mean|z| (default 0.01), ReLU code
   denoising[=<name>]   train on corrupted inputs: gaussian (default, sigma 0.3),
                        masking (nu 0.5) or salt_and_pepper (0.2)
   noise=<level>        the training corruption level
-  contractive[=<lambda>]  penalty lambda * ||dz/dx||_F^2 (exact Jacobian)
+  contractive[=<lambda>]  penalty lambda * ||dz/dx||_F^2 (default 0.001),
+                       with the exact Jacobian
   projections=<m>      estimate ||dz/dx||_F^2 with m random projections instead
   conv                 convolutional encoder/decoder instead of the MLP
   linear               one linear layer each way (learns the PCA subspace)
@@ -22,16 +23,24 @@ Variants, comma-separated after a colon and combinable:
   python -m vaejax.main --config experiments/ae.py:denoising=masking,runlocal \
       --workdir W
 
-Every run reports the test reconstruction MSE (`reconstruction_mse`), the
-PSNR of reconstructions and of noisy / denoised test images at the levels of
-`config.eval.denoising_levels`, the code's sparsity, and draws
-reconstructions, interpolations and noisy / denoised / clean grids. The
-default (MLP 784-512-32, MSE, Adam 1e-3, batch 128, 10 epochs) reaches a
-test reconstruction MSE of about 0.01 (see the README's table for each
-variant, measured with these commands).
+Every run reports on the test set the reconstruction MSE
+(`reconstruction_mse` on clean inputs; `image_mse` on the objective's input,
+noisy for a denoising AE, of the image shown in [0, 1]), the PSNR of
+reconstructions and of noisy / denoised images at the levels of
+`config.eval.denoising_levels`, the code's sparsity, the linear-probe accuracy
+of the codes, and draws reconstructions, interpolations and noisy / denoised /
+clean grids. The default (MLP 784-512-32, MSE, Adam 1e-3, batch
+128, 5 epochs, about 2 minutes on a 2-core CPU) reaches a test reconstruction
+MSE of 0.011 (20.6 dB) and a probe accuracy of 0.81; the denoising variant
+lifts Gaussian-noise (sigma 0.3) test images from 12.8 dB to 19.1 dB. The
+exact contractive penalty costs d = 32 backward passes per step (about 10
+minutes on that CPU); `contractive,projections=1` estimates it for the price
+of one forward-mode pass. The README's table lists every variant.
 """
 import ml_collections
 from ml_collections import config_dict
+
+from vaejax import experiment_files
 
 KNOWN_VARIANTS = ('loss', 'beta', 'sparse', 'denoising', 'noise',
                   'contractive', 'projections', 'conv', 'linear', 'code',
@@ -45,14 +54,6 @@ CORRUPTION_LEVELS = {
 }
 
 
-def parse_variants(arg):
-  """'conv,noise=0.2' -> {'conv': True, 'noise': '0.2'}."""
-  variants = {}
-  for part in filter(None, (arg or '').split(',')):
-    name, _, value = part.partition('=')
-    variants[name.strip()] = value.strip() if value else True
-  return variants
-
 
 def _value(variants, name, default):
   """A variant's value, or `default` when given bare (`sparse`) or absent."""
@@ -61,11 +62,8 @@ def _value(variants, name, default):
 
 
 def get_config(arg=None):
-  variants = parse_variants(arg)
-  unknown = set(variants) - set(KNOWN_VARIANTS)
-  if unknown:
-    raise ValueError(f'Unknown variant(s) {sorted(unknown)} in '
-                     f'experiments/ae.py:{arg}. Known: {KNOWN_VARIANTS}.')
+  variants = experiment_files.parse_variants(arg, KNOWN_VARIANTS,
+                                             'experiments/ae.py')
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.num_devices = config_dict.placeholder(int)

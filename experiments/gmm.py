@@ -41,6 +41,8 @@ and the classifier's test accuracy (logistic regression on the same features):
 import ml_collections
 from ml_collections import config_dict
 
+from vaejax import experiment_files
+
 KNOWN_VARIANTS = ('features', 'workdir', 'covariance', 'classifier',
                   'runlocal')
 FEATURE_EXTRACTORS = {'pca': 'pca', 'vae': 'vae_latents'}
@@ -48,21 +50,10 @@ NUM_TRAIN_EXAMPLES = 60_000
 TOPS = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt.
 
 
-def parse_variants(arg):
-  """'features=vae,workdir=W' -> {'features': 'vae', 'workdir': 'W'}."""
-  variants = {}
-  for part in filter(None, (arg or '').split(',')):
-    name, _, value = part.partition('=')
-    variants[name.strip()] = value.strip() if value else True
-  return variants
-
 
 def get_config(arg=None):
-  variants = parse_variants(arg)
-  unknown = set(variants) - set(KNOWN_VARIANTS)
-  if unknown:
-    raise ValueError(f'Unknown variant(s) {sorted(unknown)} in '
-                     f'experiments/gmm.py:{arg}. Known: {KNOWN_VARIANTS}.')
+  variants = experiment_files.parse_variants(arg, KNOWN_VARIANTS,
+                                             'experiments/gmm.py')
   features = variants.get('features', 'pca')
   if features not in FEATURE_EXTRACTORS:
     raise ValueError(f'Unknown features={features} in experiments/gmm.py:'

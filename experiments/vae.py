@@ -20,25 +20,16 @@ reaches the numbers in the README's experiments table.
 import ml_collections
 from ml_collections import config_dict
 
+from vaejax import experiment_files
 
-def parse_variants(arg):
-  """'conv,beta=4,runlocal' -> {'conv': True, 'beta': '4', 'runlocal': True}."""
-  variants = {}
-  for part in filter(None, (arg or '').split(',')):
-    name, _, value = part.partition('=')
-    variants[name.strip()] = value.strip() if value else True
-  return variants
 
 
 KNOWN_VARIANTS = ('mnist', 'conv', 'iwae', 'beta', 'latent', 'runlocal')
 
 
 def get_config(arg=None):
-  variants = parse_variants(arg)
-  unknown = set(variants) - set(KNOWN_VARIANTS)
-  if unknown:
-    raise ValueError(f'Unknown variant(s) {sorted(unknown)} in '
-                     f'experiments/vae.py:{arg}. Known: {KNOWN_VARIANTS}.')
+  variants = experiment_files.parse_variants(arg, KNOWN_VARIANTS,
+                                             'experiments/vae.py')
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.num_devices = config_dict.placeholder(int)

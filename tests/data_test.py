@@ -185,8 +185,8 @@ def test_truncated_gzip_stream_is_a_data_error(tmp_path):
     (bytes([0, 0, 8, 1, 0, 0, 0, 1, 7, 7]), 'trailing bytes'),
     (b'\x00\x00', 'not an IDX file'),
     (b'hello, this is a text file\n', 'not an IDX file'),
-    (gzip.compress(b'<html>not found</html>'), 'not an IDX file'),
-])
+    (gzip.compress(b'<html>not found</html>', mtime=0), 'not an IDX file'),
+], ids=['magic', 'dtype', 'header', 'trailing', 'short', 'text', 'gzip_html'])
 def test_malformed_idx_raises_data_error_naming_path(tmp_path, content,
                                                      problem):
   path = tmp_path / 'broken-idx1-ubyte'

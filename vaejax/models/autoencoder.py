@@ -92,7 +92,7 @@ def mlp_autoencoder(config, image_shape, likelihood):
       encoder=MLPEncoder(hidden, config.code_dim,
                          config.get('code_activation', 'linear')),
       decoder=vae.MLPDecoder(
-          hidden[::-1], vae._output_shape(image_shape, likelihood)))
+          hidden[::-1], vae.output_shape(image_shape, likelihood)))
 
 
 def conv_autoencoder(config, image_shape, likelihood):
@@ -111,4 +111,4 @@ def conv_autoencoder(config, image_shape, likelihood):
       encoder=ConvEncoder(channels, config.code_dim, hidden,
                           config.get('code_activation', 'linear')),
       decoder=vae.ConvDecoder(
-          channels, vae._output_shape(image_shape, likelihood), hidden))
+          channels, vae.output_shape(image_shape, likelihood), hidden))

@@ -116,7 +116,7 @@ def compute_dtype(config):
   return jnp.dtype(name)
 
 
-def _output_shape(image_shape, likelihood):
+def output_shape(image_shape, likelihood):
   height, width, channels = image_shape
   return (height, width, channels * likelihood.num_params)
 
@@ -126,7 +126,7 @@ def mlp_vae(config, image_shape, likelihood):
   dtype = compute_dtype(config)
   return VAE(
       encoder=MLPGaussianEncoder(hidden, config.latent_dim, dtype),
-      decoder=MLPDecoder(hidden[::-1], _output_shape(image_shape, likelihood),
+      decoder=MLPDecoder(hidden[::-1], output_shape(image_shape, likelihood),
                          dtype))
 
 
@@ -144,5 +144,5 @@ def conv_vae(config, image_shape, likelihood):
   dtype = compute_dtype(config)
   return VAE(
       encoder=ConvGaussianEncoder(channels, config.latent_dim, hidden, dtype),
-      decoder=ConvDecoder(channels, _output_shape(image_shape, likelihood),
+      decoder=ConvDecoder(channels, output_shape(image_shape, likelihood),
                           hidden, dtype))
