@@ -1,6 +1,4 @@
 """Every notebook in colab/ runs headless, top to bottom, without errors."""
-import os
-import pathlib
 
 import nbclient
 import nbformat

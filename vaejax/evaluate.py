@@ -22,10 +22,8 @@ binarised once, the same way every time, and repeated evaluation of one
 checkpoint gives identical numbers.
 """
 import json
-import logging
 import math
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +31,6 @@ import ml_collections
 import numpy as np
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 from jax import lax
 from jax.sharding import PartitionSpec as P
 from jax.scipy.special import ndtri
@@ -41,6 +38,7 @@ from jax.scipy.special import ndtri
 from vaejax import autoencoder_evaluation
 from vaejax import checkpoint
 from vaejax import data as data_lib
+from vaejax import cli
 from vaejax import errors
 from vaejax import experiment
 from vaejax import images as image_lib
@@ -679,37 +677,24 @@ def define_flags():
   flags.mark_flags_as_required(['workdir'])
 
 
-class _HideLibraryInfo(logging.Filter):
-  """Keeps orbax's INFO lines out of the console (warnings pass)."""
-
-  def filter(self, record):
-    return record.levelno >= logging.WARNING or 'orbax' not in record.pathname
-
-
-def fail(message):
-  """Prints `vaejax: error: ...` and exits with status 2 (no traceback)."""
-  print(f'vaejax: error: {message}', file=sys.stderr)
-  sys.exit(2)
-
-
 def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except flags.Error as e:
-    fail(f'{e}\nPass --helpshort to see the flags.')
+    cli.fail(f'{e}\nPass --helpshort to see the flags.')
 
 
 def main(argv):
   if len(argv) > 1:
-    fail(f'unexpected arguments {argv[1:]}; pass --helpshort to see the '
+    cli.fail(f'unexpected arguments {argv[1:]}; pass --helpshort to see the '
          f'flags.')
-  absl_logging.get_absl_handler().addFilter(_HideLibraryInfo())
+  cli.quiet_library_logs()
   options = flags.FLAGS
   try:
     result = evaluate_checkpoint(options.workdir, options.k, options.split,
                                  options.extras)
   except (errors.UserError, data_lib.DataError) as e:
-    fail(str(e))
+    cli.fail(str(e))
   print(f'Step {result["step"]}: wrote {result["metrics_path"]}')
   for path in result['figure_paths'].values():
     print(f'Step {result["step"]}: wrote {path}')

@@ -8,14 +8,13 @@ Flags only; the work is `vaejax.train.train_and_evaluate`. Exit status:
        checkpoint; rerunning the same command resumes.
 Each failure prints one `vaejax: ...` line saying what to do, no traceback.
 """
-import logging
 import sys
 
 from absl import app
 from absl import flags
-from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from vaejax import cli
 from vaejax import data
 from vaejax import errors
 from vaejax import sharding
@@ -41,24 +40,6 @@ flags.DEFINE_bool(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-class _QuietLibraryLogs(logging.Filter):
-  """Keeps orbax's per-save INFO lines out of the console, and the
-  tracebacks of its errors: vaejax reports a failed checkpoint write in one
-  message (orbax's warnings and errors pass as one line each)."""
-
-  def filter(self, record):
-    if 'orbax' not in record.pathname:
-      return True
-    record.exc_info = record.exc_text = None
-    return record.levelno >= logging.WARNING
-
-
-def fail(message, status=2):
-  """Prints `vaejax: error: ...` and exits with `status` (no traceback)."""
-  print(f'vaejax: error: {message}', file=sys.stderr)
-  sys.exit(status)
-
-
 def parse_flags(argv):
   """absl flag parsing, with config_flags' override errors made readable."""
   try:
@@ -67,12 +48,12 @@ def parse_flags(argv):
     message = str(e)
     if 'Traceback' in message:  # an error raised inside the experiment file
       message = message.split('Traceback')[0] + message.strip().splitlines()[-1]
-    fail(f'{message}\nPass --helpshort to see the flags.')
+    cli.fail(f'{message}\nPass --helpshort to see the flags.')
   except (AttributeError, KeyError) as e:
     # config_flags raises these for a --config.<key> the config lacks.
     detail = str(e.args[0] if e.args else e).replace("\\'", "'").replace('\\n', ' ')
     overrides = [a for a in argv[1:] if a.startswith('--config.')]
-    fail(f'a --config override names a key the experiment config does not '
+    cli.fail(f'a --config override names a key the experiment config does not '
          f'have: {detail} (overrides given: {" ".join(overrides)}). The keys '
          f'are listed in the experiment file.')
 
@@ -80,16 +61,16 @@ def parse_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  absl_logging.get_absl_handler().addFilter(_QuietLibraryLogs())
+  cli.quiet_library_logs()
   if FLAGS.coordinator_address or FLAGS.distributed:
     sharding.initialize_distributed(FLAGS.coordinator_address,
                                     FLAGS.num_processes, FLAGS.process_id)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (errors.UserError, data.DataError) as e:
-    fail(str(e))
+    cli.fail(str(e))
   except train.NonFiniteError as e:
-    fail(str(e), status=1)
+    cli.fail(str(e), status=1)
   except train.Interrupted as e:
     print(f'vaejax: stopped: {e}', file=sys.stderr)
     sys.exit(128 + e.signal_number)

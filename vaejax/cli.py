@@ -1,0 +1,28 @@
+"""Shared pieces of the command-line entry points (`vaejax.main`,
+`vaejax.evaluate`): one-line errors and quiet library logs."""
+import logging
+import sys
+
+from absl import logging as absl_logging
+
+
+class QuietLibraryLogs(logging.Filter):
+  """Keeps orbax's per-save INFO lines out of the console, and the
+  tracebacks of its errors: vaejax reports a failed checkpoint write in one
+  message (orbax's warnings and errors pass as one line each)."""
+
+  def filter(self, record):
+    if 'orbax' not in record.pathname:
+      return True
+    record.exc_info = record.exc_text = None
+    return record.levelno >= logging.WARNING
+
+
+def quiet_library_logs():
+  absl_logging.get_absl_handler().addFilter(QuietLibraryLogs())
+
+
+def fail(message, status=2):
+  """Prints `vaejax: error: ...` and exits with `status` (no traceback)."""
+  print(f'vaejax: error: {message}', file=sys.stderr)
+  sys.exit(status)
