@@ -53,9 +53,9 @@ def parse_flags(argv):
     # config_flags raises these for a --config.<key> the config lacks.
     detail = str(e.args[0] if e.args else e).replace("\\'", "'").replace('\\n', ' ')
     overrides = [a for a in argv[1:] if a.startswith('--config.')]
-    cli.fail(f'a --config override names a key the experiment config does not '
-         f'have: {detail} (overrides given: {" ".join(overrides)}). The keys '
-         f'are listed in the experiment file.')
+    cli.fail(f'a --config override names a key the experiment config does '
+             f'not have: {detail} (overrides given: {" ".join(overrides)}). '
+             f'The keys are listed in the experiment file.')
 
 
 def main(argv):

@@ -129,8 +129,12 @@ class FinalStates:
 
 
 def describe_steps(complete, being_written):
-  text = (f'steps {complete[0]}..{complete[-1]}' if complete
-          else 'no checkpoint')
+  if not complete:
+    text = 'no checkpoint'
+  elif len(complete) == 1:
+    text = f'step {complete[0]}'
+  else:
+    text = f'steps {", ".join(map(str, complete))}'
   if being_written:
     text += f' (+ step {being_written[-1]} half-written)'
   return text
