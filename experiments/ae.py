@@ -68,15 +68,7 @@ def get_config(arg=None):
   config.seed = 0
   config.num_devices = config_dict.placeholder(int)
 
-  config.data = ml_collections.ConfigDict(dict(
-      name='mnist' if 'mnist' in variants else 'fashion_mnist',
-      dir=config_dict.placeholder(str),
-      source='auto',
-      tfds_data_dir=config_dict.placeholder(str),
-      validation_size=0,
-      download_timeout_s=5.0,
-      transform='scale',
-  ))
+  config.data = experiment_files.image_data_config(variants, 'scale')
 
   config.model = ml_collections.ConfigDict(dict(
       name='conv_autoencoder' if 'conv' in variants else 'mlp_autoencoder',

@@ -34,18 +34,11 @@ def get_config(arg=None):
   config.seed = 0
   config.num_devices = config_dict.placeholder(int)
 
-  config.data = ml_collections.ConfigDict(dict(
-      name='mnist' if 'mnist' in variants else 'fashion_mnist',
-      dir=config_dict.placeholder(str),
-      source='auto',
-      tfds_data_dir=config_dict.placeholder(str),
-      validation_size=0,
-      download_timeout_s=5.0,
-      transform='dynamic_binarize',
+  config.data = experiment_files.image_data_config(
+      variants, 'dynamic_binarize',
       # False: the host gathers batches (with prefetch) instead of keeping
       # the training set on device; for data sets that do not fit.
-      on_device=True,
-  ))
+      on_device=True)
 
   config.model = ml_collections.ConfigDict(dict(
       name='mlp_vae', hidden_sizes=(400,), latent_dim=20,

@@ -8,6 +8,9 @@ import importlib.util
 import os
 import pathlib
 
+import ml_collections
+from ml_collections import config_dict
+
 from vaejax import errors
 
 # The checkout that holds this package, where `experiments/` lives.
@@ -30,6 +33,21 @@ def parse_variants(arg, known_variants, experiment_file):
         f'Unknown variant(s) {sorted(unknown)} in {experiment_file}:{arg}. '
         f'Known: {tuple(known_variants)}.')
   return variants
+
+
+def image_data_config(variants, transform, **extra):
+  """The `config.data` block shared by the image experiments: Fashion-MNIST
+  (MNIST with the `mnist` variant), IDX files found automatically, TFDS as
+  the fallback."""
+  return ml_collections.ConfigDict(dict(
+      name='mnist' if 'mnist' in variants else 'fashion_mnist',
+      dir=config_dict.placeholder(str),
+      source='auto',
+      tfds_data_dir=config_dict.placeholder(str),
+      validation_size=0,
+      download_timeout_s=5.0,
+      transform=transform,
+      **extra))
 
 
 def resolve_path(path):
