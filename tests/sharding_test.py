@@ -116,9 +116,14 @@ def test_two_processes_match_one_process_with_four_devices(tiny_data_dir,
     assert manager.latest_step() == 8
     states[name] = checkpoint.restore_latest(manager, template)
     manager.close()
+  # Gloo and the in-process all-reduce add the devices' gradients in
+  # different orders. Adam divides by the root of the squared-gradient
+  # average, so for a weight whose gradient is near zero (a hidden unit that
+  # rarely fires) that last-bit difference becomes a step difference of up
+  # to the learning rate (1e-3); 1e-6 absolute is a thousandth of that.
   for a, b in zip(jax.tree.leaves(states['single']['params']),
                   jax.tree.leaves(states['multi']['params'])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                               atol=1e-7)
+                               atol=1e-6)
   # Only process 0 writes the config, metrics and pictures.
   assert os.path.exists(tmp_path / 'multi' / 'eval' / 'metrics.json')

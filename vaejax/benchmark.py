@@ -14,9 +14,24 @@ plus the device count, backend and data used. Each case trains through the
 same `train.make_train_chunk` as `python -m vaejax.main` (training set on
 device, several steps per dispatch), on Fashion-MNIST when it is installed
 and on random images of the same shape otherwise.
+
+With --profile, one more window runs under `jax.profiler` and the line gains
+`profile`: milliseconds per step spent in each kind of XLA op (matmul =
+dots and convolutions; random = PRNG hashing; collectives; then the rest by
+the train step's named scope: inputs, loss_and_gradient, metrics,
+optimizer), the slowest ops, and `matmul_bound_examples_per_s`, the rate if
+everything but the matmuls were free. Times under the profiler run a little
+slower than unprofiled. --profile_dir keeps the trace (open it in Perfetto
+or TensorBoard).
 """
+import collections
+import glob
+import gzip
 import json
+import os
+import re
 import statistics
+import tempfile
 import time
 
 from absl import app
@@ -28,21 +43,31 @@ import numpy as np
 from vaejax import data as data_lib
 from vaejax import experiment
 from vaejax import experiment_files
+from vaejax import sharding
 from vaejax import train
 from vaejax.data import pipeline
 
-# name -> (experiment spec, overrides). The first is the pytorch/examples VAE:
-# 784-400-20, Bernoulli, Adam 1e-3, batch 128, dynamic binarisation.
+# name -> (experiment spec, config overrides). The first is the
+# pytorch/examples VAE: 784-400-20, Bernoulli, Adam 1e-3, batch 128, dynamic
+# binarisation. The GMM case is full-batch EM (one step = one EM iteration
+# over all 60k training examples) on the 50 principal components.
 CASES = {
     'vae_mlp_784_400_20_b128': ('experiments/vae.py', {}),
     'vae_conv_b128': ('experiments/vae.py:conv', {}),
     'iwae_k5_mlp_b128': ('experiments/vae.py:iwae', {}),
+    'ae_mlp_784_512_32_b128': ('experiments/ae.py', {}),
+    'ae_denoising_mlp_b128': ('experiments/ae.py:denoising', {}),
+    'gmm_diag_k10_pca50_full_batch': ('experiments/gmm.py', {}),
 }
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('cases', list(CASES), f'Cases to run, from {list(CASES)}.')
 flags.DEFINE_integer('windows', 7, 'Timed windows per case (median is kept).')
 flags.DEFINE_integer('steps_per_window', 200, 'Train steps per timed window.')
+flags.DEFINE_bool('profile', False,
+                  'Also profile one window: where the time of a step goes.')
+flags.DEFINE_string('profile_dir', None,
+                    'Keep the profiler traces here (implies --profile).')
 
 
 def measure_matmul_gflops(size=2048, repeats=10):
@@ -84,15 +109,126 @@ def load_data(config):
 
 
 def flops_per_example(exp, state, feed):
-  """XLA's FLOP count of one train step divided by the batch size."""
+  """XLA's FLOP count of one train step divided by the batch size.
+
+  The compiled program is one device's share, so its count is multiplied by
+  the number of devices.
+  """
   one_step = train.make_train_chunk(exp)
   cost = one_step.lower(state, *feed.chunk_args(0, 1)).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
-  return cost['flops'] / exp.config.batch_size
+  num_devices = exp.mesh.shape[sharding.DATA_AXIS]
+  return cost['flops'] * num_devices / exp.config.batch_size
 
 
-def run_case(name, matmul_gflops, windows, steps_per_window):
+_RANDOM_OP = re.compile(
+    r'threefry|random_bits|_uniform|_bernoulli|_normal|fold_in|random_split')
+_COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all',
+                'collective-permute')
+_CONTROL_FLOW = ('while', 'conditional', 'call')
+_SCOPES = ('inputs', 'loss_and_gradient', 'metrics', 'optimizer')
+_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$')
+_COMPUTATION = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$')
+
+
+def _opcode(rest):
+  """The opcode of an HLO instruction, given the text after `name = `."""
+  if rest.startswith('('):  # A tuple shape: skip to its closing bracket.
+    depth = 0
+    for i, char in enumerate(rest):
+      depth += {'(': 1, ')': -1}.get(char, 0)
+      if depth == 0:
+        rest = rest[i + 1:]
+        break
+  else:
+    rest = rest.split(' ', 1)[1]
+  return rest.strip().split('(', 1)[0]
+
+
+def op_categories(hlo_text):
+  """{instruction name: category} for an optimised HLO module's text.
+
+  Categories: matmul (a dot or convolution, or a fusion containing one),
+  collectives, control_flow (whose bodies are counted op by op), random
+  (ops traced from jax.random), else the train step's named scope the op
+  came from, else `other`.
+  """
+  computation_ops = collections.defaultdict(set)
+  instructions = {}
+  computation = None
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      computation = header.group(1)
+      continue
+    match = _INSTRUCTION.match(line)
+    if not match:
+      continue
+    name, rest = match.groups()
+    opcode = _opcode(rest)
+    computation_ops[computation].add(opcode)
+    calls = re.search(r'calls=%?([\w.\-]+)', rest)
+    op_name = re.search(r'op_name="([^"]*)"', rest)
+    instructions[name] = (opcode, calls and calls.group(1),
+                          op_name.group(1) if op_name else '')
+
+  categories = {}
+  for name, (opcode, calls, op_name) in instructions.items():
+    called_ops = computation_ops.get(calls, set())
+    if opcode in ('dot', 'convolution') or (
+        opcode == 'fusion' and called_ops & {'dot', 'convolution'}):
+      category = 'matmul'
+    elif opcode.replace('-start', '').replace('-done', '') in _COLLECTIVES:
+      category = 'collectives'
+    elif opcode in _CONTROL_FLOW:
+      category = 'control_flow'
+    elif _RANDOM_OP.search(op_name):
+      category = 'random'
+    else:
+      category = next((scope for scope in _SCOPES
+                       if f'/{scope}/' in f'/{op_name}/'), 'other')
+    categories[name] = category
+  return categories
+
+
+def profile_window(compiled, state, args, steps, batch_size, trace_dir):
+  """Runs one window under jax.profiler; where the time of a step goes."""
+  categories = op_categories(compiled.as_text())
+  start = time.perf_counter()
+  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+    state, metrics = compiled(state, *args)
+    jax.block_until_ready(metrics)
+    wall_ms = (time.perf_counter() - start) * 1e3 / steps
+  traces = sorted(glob.glob(os.path.join(trace_dir, '**',
+                                         '*perfetto_trace.json.gz'),
+                            recursive=True), key=os.path.getmtime)
+  with gzip.open(traces[-1]) as f:
+    trace = json.load(f)
+  events = trace['traceEvents'] if isinstance(trace, dict) else trace
+  op_ms = collections.Counter()
+  for event in events:
+    if event.get('ph') == 'X' and event.get('name') in categories:
+      op_ms[event['name']] += event.get('dur', 0) / 1e3 / steps
+  by_category = collections.Counter()
+  for name, ms in op_ms.items():
+    if categories[name] != 'control_flow':
+      by_category[categories[name]] += ms
+  matmul_ms = by_category.get('matmul', 0.0)
+  profile = {
+      'wall_ms_per_step': round(wall_ms, 3),
+      'ms_per_step': {k: round(v, 3) for k, v in by_category.most_common()},
+      'slowest_ops': [
+          [name, round(ms, 3), categories[name]]
+          for name, ms in op_ms.most_common()
+          if categories[name] != 'control_flow'][:8],
+      'matmul_bound_examples_per_s': (
+          round(batch_size / matmul_ms * 1e3, 1) if matmul_ms else None),
+  }
+  return state, profile
+
+
+def run_case(name, matmul_gflops, windows, steps_per_window, profile_dir=None):
   spec, overrides = CASES[name]
   config = experiment_files.load_config(
       spec, steps_per_dispatch=steps_per_window, **overrides)
@@ -118,8 +254,12 @@ def run_case(name, matmul_gflops, windows, steps_per_window):
     rates.append(steps_per_window * config.batch_size
                  / (time.perf_counter() - start))
   examples_per_s = statistics.median(rates)
-  roofline = matmul_gflops * 1e9 / flops
-  return {
+  # Accelerators each reach the measured rate; CPU devices (real or faked
+  # with --xla_force_host_platform_device_count) share the same cores.
+  parallel = (1 if jax.default_backend() == 'cpu'
+              else exp.mesh.shape[sharding.DATA_AXIS])
+  roofline = parallel * matmul_gflops * 1e9 / flops
+  result = {
       'name': name,
       'examples_per_s': round(examples_per_s, 1),
       'compile_s': round(compile_s, 3),
@@ -129,10 +269,18 @@ def run_case(name, matmul_gflops, windows, steps_per_window):
       'fraction_of_roofline': round(examples_per_s / roofline, 3),
       'final_loss': float(np.asarray(metrics['loss'])[-1]),
       'batch_size': config.batch_size,
-      'devices': jax.device_count(),
+      'devices': exp.mesh.shape[sharding.DATA_AXIS],
       'backend': jax.default_backend(),
       'data': exp.dataset.source,
   }
+  if profile_dir:
+    window = windows + 1
+    _, result['profile'] = profile_window(
+        compiled, state,
+        feed.chunk_args(window * steps_per_window,
+                        (window + 1) * steps_per_window),
+        steps_per_window, config.batch_size, os.path.join(profile_dir, name))
+  return result
 
 
 def main(argv):
@@ -141,9 +289,12 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'Unknown cases {unknown}; known: {list(CASES)}.')
   matmul_gflops = measure_matmul_gflops()
-  for name in FLAGS.cases:
-    print(json.dumps(run_case(name, matmul_gflops, FLAGS.windows,
-                              FLAGS.steps_per_window)), flush=True)
+  with tempfile.TemporaryDirectory() as scratch:
+    profile_dir = FLAGS.profile_dir or (scratch if FLAGS.profile else None)
+    for name in FLAGS.cases:
+      print(json.dumps(run_case(name, matmul_gflops, FLAGS.windows,
+                                FLAGS.steps_per_window, profile_dir)),
+            flush=True)
 
 
 if __name__ == '__main__':

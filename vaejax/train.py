@@ -10,9 +10,9 @@ name in the config and plugged in through three registries:
   * `data.transforms.TRANSFORMS`: uint8 images -> model inputs, on device.
 
 The training set lives on device; `steps_per_dispatch` steps run inside one
-`lax.scan`, under `jax.shard_map` over the `data` mesh axis, with explicit
+`lax.scan`, under `jax.shard_map` over the `data` mesh axis, with
 summation of gradients (autodiff's own psum for replicated parameters) and
-`lax.pmean` of metrics and model state.
+`lax.pmean` of metrics and model state (skipped on a single device).
 
 Randomness: one root key from `config.seed`, split into named streams. In
 step s the example at position i of the global batch gets the key
@@ -140,14 +140,23 @@ def make_train_chunk(exp, data_on_device=True):
   optimizer = exp.optimizer
   skip_threshold = exp.config.optimizer.get('skip_update_above_grad_norm', 0.0)
 
+  def across_devices(collective, tree):
+    # A mean over one device is the identity; XLA:CPU would still run it.
+    if num_devices == 1:
+      return tree
+    return collective(tree, sharding.DATA_AXIS)
+
   def train_step(state, local_batch_data):
     step = state['step']
     positions = (lax.axis_index(sharding.DATA_AXIS) * local_batch
                  + jnp.arange(local_batch))
-    keys = example_keys(jax.random.fold_in(train_key, step), positions)
-    data_keys, objective_keys = split_per_example(keys, 2)
-    batch = dict(local_batch_data,
-                 inputs=transform.apply(data_keys, local_batch_data['image']))
+    # The named scopes label the ops in a profile (`python -m
+    # vaejax.benchmark --profile`, TensorBoard's profiler).
+    with jax.named_scope('inputs'):
+      keys = example_keys(jax.random.fold_in(train_key, step), positions)
+      data_keys, objective_keys = split_per_example(keys, 2)
+      batch = dict(local_batch_data,
+                   inputs=transform.apply(data_keys, local_batch_data['image']))
 
     def share_of_global_mean_loss(params):
       variables = {'params': params, **state['model_state']}
@@ -160,24 +169,26 @@ def make_train_chunk(exp, data_on_device=True):
     # gradient with respect to them is summed over devices by autodiff
     # (the transpose of broadcasting them to per-device work): the sum of
     # each device's share is the gradient of the global mean loss.
-    (_, (per_example_loss, metrics, model_state)), grads = (
-        jax.value_and_grad(share_of_global_mean_loss, has_aux=True)(
-            state['params']))
-    metrics = {name: jnp.mean(value) for name, value in metrics.items()}
-    metrics['loss'] = jnp.mean(per_example_loss)
-    metrics = lax.pmean(metrics, sharding.DATA_AXIS)
+    with jax.named_scope('loss_and_gradient'):
+      (_, (per_example_loss, metrics, model_state)), grads = (
+          jax.value_and_grad(share_of_global_mean_loss, has_aux=True)(
+              state['params']))
+    with jax.named_scope('metrics'):
+      metrics = {name: jnp.mean(value) for name, value in metrics.items()}
+      metrics['loss'] = jnp.mean(per_example_loss)
+      metrics = across_devices(lax.pmean, metrics)
+      metrics['grad_norm'] = optax.tree.norm(grads)
     # Non-gradient state (batch-norm statistics, codebook EMAs, EM
     # statistics) is averaged over devices, so every device keeps the same
     # copy. Integer state (an optimiser's step count) must already agree
-    # across devices (shard_map rejects it otherwise); a mean would make it
-    # a float.
+    # across devices (shard_map checks this); a mean would make it a float.
     model_state = jax.tree.map(
-        lambda value: (lax.pmean(value, sharding.DATA_AXIS)
+        lambda value: (across_devices(lax.pmean, value)
                        if jnp.issubdtype(value.dtype, jnp.inexact)
                        else value),
         model_state)
-    metrics['grad_norm'] = optax.tree.norm(grads)
 
+    @jax.named_scope('optimizer')
     def apply_update(params, opt_state):
       updates, opt_state = optimizer.update(grads, opt_state, params)
       return optax.apply_updates(params, updates), opt_state
@@ -216,9 +227,13 @@ def make_train_chunk(exp, data_on_device=True):
   else:
     chunk, in_specs = chunk_from_host_batches, (P(), batch_spec)
 
+  # On one device, check_vma=False: autodiff then adds no psum of the
+  # gradients, which XLA:CPU runs as a copy of all of them even for a single
+  # device (~4% of a small model's step). Over one device every collective
+  # is the identity, so both settings compute the same numbers.
   return jax.jit(
       jax.shard_map(chunk, mesh=exp.mesh, in_specs=in_specs,
-                    out_specs=(P(), P())),
+                    out_specs=(P(), P()), check_vma=num_devices > 1),
       donate_argnums=(0,))
 
 

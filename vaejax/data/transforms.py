@@ -16,6 +16,7 @@ import math
 from typing import Callable
 
 import jax
+import jax.extend.random  # pylint: disable=unused-import
 import jax.numpy as jnp
 
 from vaejax import registry
@@ -33,11 +34,42 @@ def _per_example(fn):
   return jax.vmap(fn)
 
 
+def uniform_uint16(key, num):
+  """`num` independent uniform integers in [0, 65536) from one key.
+
+  `jax.random.bits` spends a whole threefry block (64 random bits) on each
+  32-bit word it returns; here every block gives four 16-bit numbers, so an
+  image costs a quarter of the hashing. Keys of another PRNG implementation
+  fall back to `jax.random.bits`.
+  """
+  num_words = (num + 1) // 2
+  if jax.random.key_impl(key) == 'threefry2x32':
+    words = jax.extend.random.threefry_2x32(
+        jax.random.key_data(key), jnp.arange(num_words, dtype=jnp.uint32))
+  else:
+    words = jax.random.bits(key, (num_words,), jnp.uint32)
+  halves = jnp.stack([words >> 16, words & 0xFFFF], axis=-1)
+  return halves.reshape(-1)[:num]
+
+
 def dynamic_binarize(keys, images):
-  """x ~ Bernoulli(pixel / 255), independently per pixel and example."""
-  probs = images.astype(jnp.float32) / 255.0
-  return _per_example(
-      lambda k, p: jax.random.bernoulli(k, p).astype(jnp.float32))(keys, probs)
+  """x ~ Bernoulli(pixel / 255), independently per pixel and example.
+
+  The pixel is compared with a 16-bit uniform integer: P(x = 1) =
+  round(pixel * 65536 / 255) / 65536, within 2^-17 of pixel / 255 and exactly
+  0 and 1 at the ends. 16 bits are ample for 8-bit probabilities and make the
+  random numbers, the costliest part of a small model's step on a CPU, four
+  times cheaper than `jax.random.bernoulli` (see `uniform_uint16`).
+  """
+  pixels = images.astype(jnp.uint32)
+  thresholds = (pixels * 65536 + 127) // 255
+
+  def one_example(key, example_thresholds):
+    uniform = uniform_uint16(key, example_thresholds.size)
+    return (uniform.reshape(example_thresholds.shape)
+            < example_thresholds).astype(jnp.float32)
+
+  return _per_example(one_example)(keys, thresholds)
 
 
 def threshold_binarize(keys, images):

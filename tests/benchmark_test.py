@@ -1,0 +1,105 @@
+"""`python -m vaejax.benchmark`: FLOP counts, op categories, the JSON lines."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+
+from vaejax import benchmark
+from vaejax import experiment
+from vaejax import experiment_files
+from vaejax.data import pipeline
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_flops_per_example_of_the_mlp_vae_match_its_matmuls():
+  config = experiment_files.load_config('experiments/vae.py')
+  exp = experiment.build_experiment(
+      config, benchmark.random_dataset('fashion_mnist', 512, 128))
+  state = experiment.init_state(exp)
+  feed = pipeline.TrainFeed(exp.dataset.train, exp.mesh, 0, config.batch_size)
+  flops = benchmark.flops_per_example(exp, state, feed)
+  # 784-400-(20 mean, 20 log-variance)-400-784: forward multiply-adds per
+  # example, each 2 FLOPs; the backward pass computes the weight gradients
+  # (same count) and the input gradients of every layer but the first.
+  macs = 784 * 400 + 400 * 40 + 20 * 400 + 400 * 784
+  matmul_flops = 2 * macs + 2 * macs + 2 * (macs - 784 * 400)
+  # XLA also counts the elementwise work (activations, likelihood, Adam):
+  # a few percent on top.
+  assert matmul_flops < flops < 1.1 * matmul_flops, (flops, matmul_flops)
+
+
+def test_op_categories_finds_matmuls_random_ops_and_scopes():
+  def step(x, w, key):
+    with jax.named_scope('inputs'):
+      x = x * jax.random.uniform(key, x.shape)
+    with jax.named_scope('optimizer'):
+      w = w * 0.5 + 1.0
+    return jnp.tanh(x @ w)
+
+  args = (jnp.ones((8, 16)), jnp.ones((16, 4)), jax.random.key(0))
+  compiled = jax.jit(step).lower(*args).compile()
+  categories = benchmark.op_categories(compiled.as_text())
+  found = set(categories.values())
+  assert {'matmul', 'random', 'optimizer'} <= found, categories
+
+
+def run_benchmark(*flags, env=None):
+  result = subprocess.run(
+      [sys.executable, '-m', 'vaejax.benchmark', *flags],
+      cwd=REPO, capture_output=True, text=True, timeout=600,
+      env={**os.environ, **(env or {})})
+  assert result.returncode == 0, result.stderr[-3000:]
+  return [json.loads(line) for line in result.stdout.splitlines()
+          if line.startswith('{')]
+
+
+def test_benchmark_prints_one_json_line_per_case_with_a_profile(tmp_path):
+  lines = run_benchmark(
+      '--cases=vae_mlp_784_400_20_b128,gmm_diag_k10_pca50_full_batch',
+      '--windows=2', '--steps_per_window=10',
+      f'--profile_dir={tmp_path}')
+  assert [line['name'] for line in lines] == [
+      'vae_mlp_784_400_20_b128', 'gmm_diag_k10_pca50_full_batch']
+  vae = lines[0]
+  for key in ('examples_per_s', 'compile_s', 'roofline_examples_per_s',
+              'fraction_of_roofline', 'flops_per_example', 'matmul_gflops'):
+    assert vae[key] > 0, key
+  assert vae['fraction_of_roofline'] == round(
+      vae['examples_per_s'] / vae['roofline_examples_per_s'], 3)
+  profile = vae['profile']
+  # The matmuls are the largest part of this model's step, and removing
+  # everything else could only make it faster.
+  assert profile['ms_per_step']['matmul'] == max(
+      profile['ms_per_step'].values())
+  assert profile['matmul_bound_examples_per_s'] > vae['examples_per_s']
+  # The ops' times add up to no more than the step (the profiler's own
+  # overhead is in the wall time) and to most of it.
+  total = sum(profile['ms_per_step'].values())
+  assert 0.5 * profile['wall_ms_per_step'] < total
+  assert total < 1.05 * profile['wall_ms_per_step']
+  assert os.listdir(tmp_path / 'vae_mlp_784_400_20_b128')  # trace kept
+
+
+def test_flops_per_example_do_not_depend_on_the_device_count():
+  flags = ('--cases=vae_mlp_784_400_20_b128', '--windows=1',
+           '--steps_per_window=2')
+  one = run_benchmark(*flags)[0]
+  two = run_benchmark(
+      *flags, env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})[0]
+  assert two['devices'] == 2 and one['devices'] == 1
+  # Only the optimiser update (~3 MFLOP per step, done on every device) is
+  # counted once per device: +2.5% per example at batch 128.
+  assert abs(two['flops_per_example'] / one['flops_per_example'] - 1) < 0.04
+
+
+def test_unknown_case_is_a_usage_error():
+  result = subprocess.run(
+      [sys.executable, '-m', 'vaejax.benchmark', '--cases=nope'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode != 0
+  assert 'Unknown cases' in result.stderr and 'vae_mlp_784_400_20_b128' in (
+      result.stderr)
