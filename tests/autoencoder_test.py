@@ -339,7 +339,9 @@ def test_random_projection_estimate_is_unbiased(nonlinear_encoder):
   code, estimates = jax.jit(
       autoencoder_objectives.jacobian_sq_norm_random_projection,
       static_argnums=(0,))(encode, copies, per_example_keys(7, num))
-  chex.assert_trees_all_close(code[0], encode(x[:1])[0])
+  # A batch of 4000 under jit and one example eagerly may sum the matmuls in
+  # a different order (seen: relative differences of 2e-6).
+  chex.assert_trees_all_close(code[0], encode(x[:1])[0], rtol=1e-5, atol=1e-6)
   estimates = np.asarray(estimates, np.float64)
   standard_error = estimates.std(ddof=1) / math.sqrt(num)
   assert standard_error > 0
