@@ -46,6 +46,9 @@ def get_config(arg=None):
       # 'bfloat16' computes the layers in bfloat16 (for GPUs); parameters,
       # optimiser state and the loss stay float32.
       dtype='float32',
+      # Transposed convolutions of the conv decoder: 'subpixel' (fast on
+      # CPU), 'lax' (XLA's own) or 'auto' (subpixel on CPU only).
+      conv_impl='auto',
       image_shape=config_dict.placeholder(tuple)))
   if 'conv' in variants:
     config.model.name = 'conv_vae'

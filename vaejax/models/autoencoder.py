@@ -18,6 +18,7 @@ import flax.linen as nn
 
 from vaejax import errors
 from vaejax import registry
+from vaejax.models import layers
 from vaejax.models import vae
 
 CODE_ACTIVATIONS = registry.Registry('code activation', {
@@ -48,12 +49,14 @@ class ConvEncoder(nn.Module):
   code_dim: int
   hidden_size: int = 256
   code_activation: str = 'linear'
+  conv_impl: str = 'auto'  # layers.py: 'auto', 'lax' or 'polyphase'
 
   @nn.compact
   def __call__(self, x):
     h = x
     for i, c in enumerate(self.channels):
-      h = nn.gelu(nn.Conv(c, (3, 3), strides=(2, 2), name=f'conv_{i}')(h))
+      h = nn.gelu(layers.conv(c, (3, 3), (2, 2), self.conv_impl,
+                              name=f'conv_{i}')(h))
     h = h.reshape(h.shape[0], -1)
     h = nn.gelu(nn.Dense(self.hidden_size, name='hidden')(h))
     code = nn.Dense(self.code_dim, name='code')(h)
@@ -109,6 +112,8 @@ def conv_autoencoder(config, image_shape, likelihood):
   hidden = config.get('hidden_size', 256)
   return Autoencoder(
       encoder=ConvEncoder(channels, config.code_dim, hidden,
-                          config.get('code_activation', 'linear')),
+                          config.get('code_activation', 'linear'),
+                          vae.conv_impl(config)),
       decoder=vae.ConvDecoder(
-          channels, vae.output_shape(image_shape, likelihood), hidden))
+          channels, vae.output_shape(image_shape, likelihood), hidden,
+          conv_impl=vae.conv_impl(config)))

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vaejax import errors
+from vaejax.models import layers
 
 
 class MLPGaussianEncoder(nn.Module):
@@ -51,13 +52,14 @@ class ConvGaussianEncoder(nn.Module):
   latent_dim: int
   hidden_size: int = 256
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'  # layers.py: 'auto', 'lax' or 'polyphase'
 
   @nn.compact
   def __call__(self, x):
     h = x
     for i, c in enumerate(self.channels):
-      h = nn.gelu(nn.Conv(c, (3, 3), strides=(2, 2), dtype=self.dtype,
-                          name=f'conv_{i}')(h))
+      h = nn.gelu(layers.conv(c, (3, 3), (2, 2), self.conv_impl,
+                              dtype=self.dtype, name=f'conv_{i}')(h))
     h = h.reshape(h.shape[0], -1)
     h = nn.gelu(nn.Dense(self.hidden_size, dtype=self.dtype,
                          name='hidden')(h))
@@ -72,6 +74,7 @@ class ConvDecoder(nn.Module):
   output_shape: Sequence[int]
   hidden_size: int = 256
   dtype: Any = jnp.float32
+  conv_impl: str = 'auto'  # layers.py: 'auto', 'lax' or 'polyphase'
 
   @nn.compact
   def __call__(self, z):
@@ -84,10 +87,12 @@ class ConvDecoder(nn.Module):
                          name='to_grid')(h))
     h = h.reshape(z.shape[0], *grid)
     for i, c in enumerate(reversed(self.channels)):
-      h = nn.gelu(nn.ConvTranspose(c, (3, 3), strides=(2, 2),
-                                   dtype=self.dtype, name=f'deconv_{i}')(h))
-    return nn.Conv(out_channels, (3, 3), dtype=self.dtype,
-                   name='output')(h).astype(jnp.float32)
+      # nn.ConvTranspose's parameters and numbers (layers.py).
+      h = nn.gelu(layers.conv_transpose(c, (3, 3), (2, 2), self.conv_impl,
+                                        dtype=self.dtype,
+                                        name=f'deconv_{i}')(h))
+    return layers.conv(out_channels, (3, 3), impl=self.conv_impl,
+                       dtype=self.dtype, name='output')(h).astype(jnp.float32)
 
 
 class VAE(nn.Module):
@@ -114,6 +119,16 @@ def compute_dtype(config):
     raise errors.ConfigError(
         f"config.model.dtype={name!r}; use 'float32' or 'bfloat16'.")
   return jnp.dtype(name)
+
+
+def conv_impl(config):
+  """`config.conv_impl`: how transposed convolutions run (layers.py)."""
+  name = config.get('conv_impl', 'auto')
+  if name not in layers.CONV_IMPLS:
+    raise errors.ConfigError(
+        f'config.model.conv_impl={name!r}; use one of {layers.CONV_IMPLS} '
+        "('auto' picks the fast one for the backend).")
+  return name
 
 
 def output_shape(image_shape, likelihood):
@@ -143,6 +158,7 @@ def conv_vae(config, image_shape, likelihood):
   hidden = config.get('hidden_size', 256)
   dtype = compute_dtype(config)
   return VAE(
-      encoder=ConvGaussianEncoder(channels, config.latent_dim, hidden, dtype),
+      encoder=ConvGaussianEncoder(channels, config.latent_dim, hidden, dtype,
+                                  conv_impl(config)),
       decoder=ConvDecoder(channels, output_shape(image_shape, likelihood),
-                          hidden, dtype))
+                          hidden, dtype, conv_impl(config)))
