@@ -103,3 +103,35 @@ def test_unknown_case_is_a_usage_error():
   assert result.returncode != 0
   assert 'Unknown cases' in result.stderr and 'vae_mlp_784_400_20_b128' in (
       result.stderr)
+
+
+def test_handwritten_baseline_is_the_same_model_and_training():
+  """The plain-JAX baseline does the work of vaejax's VAE case: the same
+  FLOPs per example, and after the same steps on the same batches about the
+  same loss (different initial weights and random draws)."""
+  vae, handwritten = run_benchmark(
+      '--cases=vae_mlp_784_400_20_b128,handwritten_vae_mlp_784_400_20_b128',
+      '--windows=2', '--steps_per_window=25')
+  assert handwritten['name'] == benchmark.HANDWRITTEN
+  assert abs(handwritten['flops_per_example']
+             / vae['flops_per_example'] - 1) < 0.03
+  # 75 steps take the loss from ~540 nats (784 log 2) to ~290.
+  assert vae['final_loss'] < 400
+  assert abs(handwritten['final_loss'] / vae['final_loss'] - 1) < 0.03
+
+
+def test_set_overrides_parse_literals_and_text():
+  assert benchmark.parse_overrides(
+      ['model.conv_impl=lax', 'batch_size=64', 'model.channels=(8, 16)']) == {
+          'model.conv_impl': 'lax', 'batch_size': 64,
+          'model.channels': (8, 16)}
+
+
+def test_set_with_a_mistyped_key_says_which_key_was_meant():
+  result = subprocess.run(
+      [sys.executable, '-m', 'vaejax.benchmark', '--cases=vae_conv_b128',
+       '--set=model.conv_imp=lax'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert 'Did you mean "conv_impl"' in result.stderr
+  assert not result.stdout

@@ -1,6 +1,7 @@
 r"""Training throughput against the machine's matmul roofline.
 
   python -m vaejax.benchmark [--cases=vae_mlp_784_400_20_b128,...] [--windows=7]
+      [--profile] [--set=model.conv_impl=lax ...]
 
 Prints one JSON line per case:
   name                      the case
@@ -10,10 +11,13 @@ Prints one JSON line per case:
   matmul_gflops             float32 matmul rate measured in this run
   roofline_examples_per_s   matmul_gflops / flops_per_example
   fraction_of_roofline      examples_per_s / roofline_examples_per_s
-plus the device count, backend and data used. Each case trains through the
+plus the device count, backend, host CPU and data used. Each case trains through the
 same `train.make_train_chunk` as `python -m vaejax.main` (training set on
 device, several steps per dispatch), on Fashion-MNIST when it is installed
-and on random images of the same shape otherwise.
+and on random images of the same shape otherwise. The case
+`handwritten_vae_mlp_784_400_20_b128` is the first case's VAE written out in
+plain JAX (`handwritten_vae`), on the same data: the baseline that shows what
+vaejax's loop costs over a minimal hand-jitted one.
 
 With --profile, one more window runs under `jax.profiler` and the line gains
 `profile`: milliseconds per step spent in each kind of XLA op (matmul =
@@ -24,11 +28,13 @@ everything but the matmuls were free. Times under the profiler run a little
 slower than unprofiled. --profile_dir keeps the trace (open it in Perfetto
 or TensorBoard).
 """
+import ast
 import collections
 import glob
 import gzip
 import json
 import os
+import platform
 import re
 import statistics
 import tempfile
@@ -39,13 +45,19 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax import lax
 
+from vaejax import cli
 from vaejax import data as data_lib
+from vaejax import errors
 from vaejax import experiment
 from vaejax import experiment_files
 from vaejax import sharding
 from vaejax import train
 from vaejax.data import pipeline
+
+HANDWRITTEN = 'handwritten_vae_mlp_784_400_20_b128'
 
 # name -> (experiment spec, config overrides). The first is the
 # pytorch/examples VAE: 784-400-20, Bernoulli, Adam 1e-3, batch 128, dynamic
@@ -53,6 +65,9 @@ from vaejax.data import pipeline
 # over all 60k training examples) on the 50 principal components.
 CASES = {
     'vae_mlp_784_400_20_b128': ('experiments/vae.py', {}),
+    # The same VAE written out in plain JAX (`handwritten_vae`): what the
+    # registries, per-example keys and metrics of vaejax's loop cost.
+    HANDWRITTEN: ('experiments/vae.py', {}),
     'vae_conv_b128': ('experiments/vae.py:conv', {}),
     'iwae_k5_mlp_b128': ('experiments/vae.py:iwae', {}),
     'ae_mlp_784_512_32_b128': ('experiments/ae.py', {}),
@@ -66,6 +81,9 @@ flags.DEFINE_integer('windows', 7, 'Timed windows per case (median is kept).')
 flags.DEFINE_integer('steps_per_window', 200, 'Train steps per timed window.')
 flags.DEFINE_bool('profile', False,
                   'Also profile one window: where the time of a step goes.')
+flags.DEFINE_multi_string(
+    'set', [], 'Config override for every case, key=value (repeatable), '
+    'e.g. --set=model.conv_impl=lax.')
 flags.DEFINE_string('profile_dir', None,
                     'Keep the profiler traces here (implies --profile).')
 
@@ -82,6 +100,33 @@ def measure_matmul_gflops(size=2048, repeats=10):
     matmul(a, b).block_until_ready()
     best = min(best, time.perf_counter() - start)
   return 2.0 * size ** 3 / best / 1e9
+
+
+def host_description():
+  """'<CPU model> (family, model, widest SIMD), <n> cores' from /proc/cpuinfo.
+
+  VMs often name the CPU only by brand ("AMD EPYC"); family, model and the
+  vector extensions tell the generation, which moves the matmul rate a lot.
+  """
+  fields = {}
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if not line.strip():
+          break  # The first processor is enough.
+        key, _, value = line.partition(':')
+        fields[key.strip()] = value.strip()
+  except OSError:
+    pass
+  name = fields.get('model name') or platform.processor() or platform.machine()
+  flags = fields.get('flags', '').split()
+  simd = next((f for f in ('avx512f', 'avx2', 'avx', 'neon', 'asimd')
+               if f in flags), None)
+  details = [f'{key} {fields[key]}' for key in ('cpu family', 'model')
+             if key in fields] + ([simd] if simd else [])
+  if details:
+    name += f' ({", ".join(details)})'
+  return f'{name}, {os.cpu_count()} cores'
 
 
 def random_dataset(like_name, num_train=60_000, num_test=1_000):
@@ -108,13 +153,76 @@ def load_data(config):
     return random_dataset(config.data.name)
 
 
-def flops_per_example(exp, state, feed):
+def handwritten_vae(exp):
+  """The pytorch/examples VAE (784-400-20, Bernoulli, Adam 1e-3) in plain JAX.
+
+  A baseline for vaejax's own loop, on the same device-resident data and
+  batch order: dense layers as jnp matmuls, one PRNG key per step (not per
+  example), dynamic binarisation with jax.random.bernoulli, the loss as the
+  only metric, no sharding. Returns (train_chunk, state) with the signature
+  of `train.make_train_chunk(exp)`'s function.
+  """
+  shape = exp.dataset.image_shape
+  pixels = int(np.prod(shape))
+  hidden, latent = 400, 20
+  layers = {'encoder': (pixels, hidden), 'mean': (hidden, latent),
+            'logvar': (hidden, latent), 'decoder': (latent, hidden),
+            'output': (hidden, pixels)}
+  keys = jax.random.split(jax.random.key(exp.config.seed), len(layers) + 1)
+  params = {
+      name: {'w': jax.random.normal(key, size) / np.sqrt(size[0]),
+             'b': jnp.zeros(size[1])}
+      for key, (name, size) in zip(keys, layers.items())}
+  optimizer = optax.adam(1e-3)
+  state = {'params': params, 'opt_state': optimizer.init(params),
+           'step': jnp.int32(0)}
+  root_key = keys[-1]
+
+  def dense(params, name, x):
+    return x @ params[name]['w'] + params[name]['b']
+
+  def loss_fn(params, x, key):
+    h = jax.nn.relu(dense(params, 'encoder', x))
+    mean, logvar = dense(params, 'mean', h), dense(params, 'logvar', h)
+    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
+    logits = dense(params, 'output', jax.nn.relu(dense(params, 'decoder', z)))
+    reconstruction = optax.sigmoid_binary_cross_entropy(logits, x).sum(-1)
+    kl = -0.5 * jnp.sum(1 + logvar - mean ** 2 - jnp.exp(logvar), -1)
+    return jnp.mean(reconstruction + kl)
+
+  def chunk(state, images, labels, indices):
+    del labels
+
+    def step(state, step_indices):
+      binarize_key, noise_key = jax.random.split(
+          jax.random.fold_in(root_key, state['step']))
+      x = images[step_indices].reshape(-1, pixels).astype(jnp.float32) / 255
+      x = jax.random.bernoulli(binarize_key, x).astype(jnp.float32)
+      loss, grads = jax.value_and_grad(loss_fn)(state['params'], x, noise_key)
+      updates, opt_state = optimizer.update(grads, state['opt_state'])
+      return {'params': optax.apply_updates(state['params'], updates),
+              'opt_state': opt_state, 'step': state['step'] + 1}, loss
+
+    state, losses = lax.scan(step, state, indices)
+    return state, {'loss': losses}
+
+  return jax.jit(chunk, donate_argnums=(0,)), state
+
+
+def train_program(name, exp):
+  """(train_chunk, initial state) of a case."""
+  if name == HANDWRITTEN:
+    return handwritten_vae(exp)
+  return train.make_train_chunk(exp), experiment.init_state(exp)
+
+
+def flops_per_example(exp, state, feed, name=None):
   """XLA's FLOP count of one train step divided by the batch size.
 
   The compiled program is one device's share, so its count is multiplied by
   the number of devices.
   """
-  one_step = train.make_train_chunk(exp)
+  one_step, _ = train_program(name, exp)
   cost = one_step.lower(state, *feed.chunk_args(0, 1)).compile().cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
@@ -228,16 +336,32 @@ def profile_window(compiled, state, args, steps, batch_size, trace_dir):
   return state, profile
 
 
-def run_case(name, matmul_gflops, windows, steps_per_window, profile_dir=None):
+def parse_overrides(assignments):
+  """['a.b=1', 'c=lax'] -> {'a.b': 1, 'c': 'lax'} (Python literals or text)."""
+  overrides = {}
+  for assignment in assignments:
+    key, sep, text = assignment.partition('=')
+    if not sep or not key:
+      raise app.UsageError(f'--set={assignment!r}: expected key=value, e.g. '
+                           '--set=model.conv_impl=lax.')
+    try:
+      overrides[key] = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+      overrides[key] = text
+  return overrides
+
+
+def run_case(name, matmul_gflops, windows, steps_per_window, profile_dir=None,
+             extra_overrides=None):
   spec, overrides = CASES[name]
   config = experiment_files.load_config(
-      spec, steps_per_dispatch=steps_per_window, **overrides)
+      spec, steps_per_dispatch=steps_per_window,
+      **{**overrides, **(extra_overrides or {})})
   exp = experiment.build_experiment(config, load_data(config))
-  state = experiment.init_state(exp)
+  train_chunk, state = train_program(name, exp)
   feed = pipeline.TrainFeed(exp.dataset.train, exp.mesh, config.seed,
                             config.batch_size)
-  flops = flops_per_example(exp, state, feed)
-  train_chunk = train.make_train_chunk(exp)
+  flops = flops_per_example(exp, state, feed, name)
   start = time.perf_counter()
   compiled = train_chunk.lower(
       state, *feed.chunk_args(0, steps_per_window)).compile()
@@ -271,8 +395,11 @@ def run_case(name, matmul_gflops, windows, steps_per_window, profile_dir=None):
       'batch_size': config.batch_size,
       'devices': exp.mesh.shape[sharding.DATA_AXIS],
       'backend': jax.default_backend(),
+      'host': host_description(),
       'data': exp.dataset.source,
   }
+  if extra_overrides:
+    result['overrides'] = extra_overrides
   if profile_dir:
     window = windows + 1
     _, result['profile'] = profile_window(
@@ -288,13 +415,25 @@ def main(argv):
   unknown = [c for c in FLAGS.cases if c not in CASES]
   if unknown:
     raise app.UsageError(f'Unknown cases {unknown}; known: {list(CASES)}.')
+  extra_overrides = parse_overrides(FLAGS.set)
   matmul_gflops = measure_matmul_gflops()
   with tempfile.TemporaryDirectory() as scratch:
     profile_dir = FLAGS.profile_dir or (scratch if FLAGS.profile else None)
     for name in FLAGS.cases:
-      print(json.dumps(run_case(name, matmul_gflops, FLAGS.windows,
-                                FLAGS.steps_per_window, profile_dir)),
-            flush=True)
+      try:
+        result = run_case(name, matmul_gflops, FLAGS.windows,
+                          FLAGS.steps_per_window, profile_dir,
+                          extra_overrides)
+      except errors.UserError as e:
+        cli.fail(f'case {name}: {e}')
+      except (AttributeError, KeyError) as e:
+        # ml_collections: 'Key "x" does not exist ... Other fields present:
+        # {...}\nDid you mean "y" instead of "x"?'
+        detail = str(e.args[0] if e.args else e)
+        hint = detail.splitlines()[-1] if 'Did you mean' in detail else ''
+        cli.fail(f'case {name}: a --set key is not in the experiment config '
+                 f'(--set given: {FLAGS.set}). {hint}')
+      print(json.dumps(result), flush=True)
 
 
 if __name__ == '__main__':
