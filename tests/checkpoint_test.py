@@ -200,3 +200,32 @@ def test_read_only_workdir(tmp_path):
       checkpoint.check_writable(str(tmp_path))
   finally:
     tmp_path.chmod(0o700)
+
+
+@ORBAX_UNRAISABLE
+def test_readers_skip_an_unreadable_checkpoint_and_move_nothing(
+    workdir, caplog):
+  """Evaluation restores the newest readable checkpoint, files untouched."""
+  truncate_array_data(step_dir(workdir, 20))
+  before = file_contents(workdir)
+  manager = checkpoint.create_manager(workdir)
+  with caplog.at_level(logging.WARNING):
+    restored = checkpoint.restore_readable(manager, make_state(0), workdir,
+                                           make_config())
+  assert_trees_equal(restored, make_state(10))
+  assert step_dir(workdir, 20) in caplog.text
+  truncate_array_data(step_dir(workdir, 10))
+  with pytest.raises(errors.WorkdirError, match='no checkpoint .* can be read'):
+    checkpoint.restore_readable(manager, make_state(0), workdir, make_config())
+  manager.close()
+  assert not os.path.exists(os.path.join(workdir, 'corrupt_checkpoints'))
+  assert set(file_contents(workdir)) == set(before)
+
+
+def test_readers_refuse_checkpoints_of_other_shapes(workdir):
+  manager = checkpoint.create_manager(workdir)
+  with pytest.raises(checkpoint.IncompatibleCheckpointError,
+                     match='dense/kernel'):
+    checkpoint.restore_readable(manager, make_state(0, hidden=5), workdir,
+                                make_config(hidden=5))
+  manager.close()

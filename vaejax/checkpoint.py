@@ -9,7 +9,8 @@ saved as `workdir/config.json`. What a long run can meet, and what happens:
   * A checkpoint that cannot be read (truncated or corrupted files): `resume`
     moves it to `workdir/corrupt_checkpoints/<step>` with a warning naming
     it, and restores the one before, so a rerun neither starts over while a
-    good checkpoint exists nor deletes anything.
+    good checkpoint exists nor deletes anything. `restore_readable` (for
+    evaluation) restores the one before and leaves the files in place.
   * Checkpoints written with a config of other shapes:
     `IncompatibleCheckpointError` names the arrays and config keys that
     differ, before anything in the workdir changes.
@@ -239,6 +240,45 @@ def _set_aside(manager, workdir, step, error):
   return target
 
 
+class _Unreadable(Exception):
+  """A checkpoint whose files cannot be read (the cause is chained)."""
+
+
+def _restore_step(manager, step, abstract, workdir, config):
+  """Checkpoint `step` restored into `abstract`.
+
+  Raises IncompatibleCheckpointError (arrays of other shapes) before
+  reading any array, and _Unreadable for files that cannot be read.
+  """
+  try:
+    metadata = manager.item_metadata(step)
+    if metadata is None:
+      raise ValueError('the array metadata is missing')
+    saved_tree = metadata.tree
+  except Exception as e:  # orbax reports unreadable files as several types.
+    raise _Unreadable() from e
+  differences = array_differences(saved_tree, abstract)
+  if differences:
+    raise _incompatible(workdir, step, differences, config)
+  try:
+    return manager.restore(step, args=ocp.args.StandardRestore(abstract))
+  except Exception as e:  # orbax reports unreadable files as several types.
+    raise _Unreadable() from e
+
+
+def _newest_readable(manager, state_like, workdir, config, skip):
+  """(state of the newest readable checkpoint or None, [skip(step, error)
+  for each newer unreadable one])."""
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
+  skipped = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      return _restore_step(manager, step, abstract, workdir, config), skipped
+    except _Unreadable as e:
+      skipped.append(skip(step, e.__cause__))
+  return None, skipped
+
+
 def resume(manager, state_like, workdir, config):
   """The newest readable checkpoint restored into `state_like`, or None.
 
@@ -246,30 +286,40 @@ def resume(manager, state_like, workdir, config):
   one whose arrays do not match `state_like` raises
   IncompatibleCheckpointError before anything is restored or moved.
   """
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_like)
-  set_aside = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      metadata = manager.item_metadata(step)
-      if metadata is None:
-        raise ValueError('the array metadata is missing')
-      saved_tree = metadata.tree
-    except Exception as e:  # orbax reports unreadable files as several types.
-      set_aside.append(_set_aside(manager, workdir, step, e))
-      continue
-    differences = array_differences(saved_tree, abstract)
-    if differences:
-      raise _incompatible(workdir, step, differences, config)
-    try:
-      return manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except Exception as e:  # orbax reports unreadable files as several types.
-      set_aside.append(_set_aside(manager, workdir, step, e))
-  if set_aside:
+  state, set_aside = _newest_readable(
+      manager, state_like, workdir, config,
+      lambda step, error: _set_aside(manager, workdir, step, error))
+  if state is None and set_aside:
     raise errors.WorkdirError(
         f'no checkpoint in {checkpoint_dir(workdir)} can be read; they were '
         f'moved to {", ".join(set_aside)}. Rerun to start again from step 0, '
         f'or use a new --workdir.')
-  return None
+  return state
+
+
+def restore_readable(manager, state_like, workdir, config):
+  """For readers (evaluation): the newest checkpoint that can be read.
+
+  Unlike `resume`, nothing is moved: a newer unreadable checkpoint is left
+  in place with a warning naming it, and the one before it is restored.
+  Raises IncompatibleCheckpointError as `resume` does, and WorkdirError
+  when no checkpoint can be read.
+  """
+  def warn(step, error):
+    path = os.path.join(checkpoint_dir(workdir), str(step))
+    logging.warning('Checkpoint %s cannot be read (%s); using the one before '
+                    'it. (Left in place: training on in this workdir sets it '
+                    'aside.)', path, _cause(error))
+    return path
+
+  state, unreadable = _newest_readable(manager, state_like, workdir, config,
+                                       warn)
+  if state is None:
+    raise errors.WorkdirError(
+        f'no checkpoint in {checkpoint_dir(workdir)} can be read '
+        f'({", ".join(unreadable) or "none saved"}). Train again with a new '
+        f'--workdir; the files were left as they are.')
+  return state
 
 
 def save_config(workdir, config):

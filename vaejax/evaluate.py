@@ -627,7 +627,8 @@ def evaluate_checkpoint(workdir, iwae_samples=None, split=None, extras=None):
   manager = open_latest_checkpoint(workdir, config)
   exp = experiment.build_experiment(config)
   evaluator = Evaluator(exp)
-  state = checkpoint.restore_latest(manager, experiment.init_state(exp))
+  state = checkpoint.restore_readable(manager, experiment.init_state(exp),
+                                     workdir, config)
   manager.close()
   step = int(state['step'])
   metrics = evaluator.evaluate(state, step)

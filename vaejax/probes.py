@@ -123,18 +123,20 @@ def linear_probe_accuracy(train_features, train_labels, test_features,
   return accuracy(probe.predict(test_features), test_labels)
 
 
-def principal_axes(features, num_components):
+def principal_axes(features, num_components, dtype=np.float64):
   """(mean [D], components [D, K]) of [N, ...] features, largest variance
   first, K = min(num_components, D).
 
-  The axes are eigenvectors of the D x D covariance (decomposed in float64):
+  The axes are eigenvectors of the D x D covariance (accumulated in `dtype`,
+  float32 halving the memory for large data; decomposed in float64):
   cheaper than an SVD of the N x D data. Each axis's sign makes its largest
   loading positive, so the same features always give the same projection.
   """
-  features = flatten_features(features).astype(np.float64)
+  features = flatten_features(features).astype(dtype)
   mean = features.mean(axis=0)
   centred = features - mean
-  eigenvalues, eigenvectors = np.linalg.eigh(centred.T @ centred)
+  eigenvalues, eigenvectors = np.linalg.eigh(
+      (centred.T @ centred).astype(np.float64))
   components = eigenvectors[:, np.argsort(eigenvalues)[::-1][:num_components]]
   largest = np.argmax(np.abs(components), axis=0)
   components *= np.sign(components[largest, np.arange(components.shape[1])])
