@@ -76,7 +76,7 @@ def get_config(arg=None):
       code_dim=_value(variants, 'code', 32),
       code_activation='relu' if 'sparse' in variants else 'linear',
       channels=(32, 64), hidden_size=256,
-      conv_impl='auto',  # transposed convolutions; see experiments/vae.py
+      conv_impl='auto',  # how convolutions run; see experiments/vae.py
       image_shape=config_dict.placeholder(tuple)))
 
   loss = _value(variants, 'loss', 'mse')

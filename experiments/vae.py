@@ -46,8 +46,9 @@ def get_config(arg=None):
       # 'bfloat16' computes the layers in bfloat16 (for GPUs); parameters,
       # optimiser state and the loss stay float32.
       dtype='float32',
-      # Transposed convolutions of the conv decoder: 'subpixel' (fast on
-      # CPU), 'lax' (XLA's own) or 'auto' (subpixel on CPU only).
+      # Convolutions of the conv model: 'polyphase' (stride-1 rewrites,
+      # fast on CPU; vaejax/models/layers.py), 'lax' (XLA's own) or 'auto'
+      # (polyphase on CPU only). Same parameters and numbers either way.
       conv_impl='auto',
       image_shape=config_dict.placeholder(tuple)))
   if 'conv' in variants:
