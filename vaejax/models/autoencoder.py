@@ -15,10 +15,10 @@ import math
 from typing import Sequence
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from vaejax import errors
 from vaejax import registry
-from vaejax.models import layers
 from vaejax.models import vae
 
 CODE_ACTIVATIONS = registry.Registry('code activation', {
@@ -36,9 +36,7 @@ class MLPEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = x.reshape(x.shape[0], -1)
-    for i, size in enumerate(self.hidden_sizes):
-      h = nn.relu(nn.Dense(size, name=f'hidden_{i}')(h))
+    h = vae.mlp_trunk(x, self.hidden_sizes, jnp.float32)
     code = nn.Dense(self.code_dim, name='code')(h)
     return CODE_ACTIVATIONS.get(self.code_activation)(code)
 
@@ -53,12 +51,8 @@ class ConvEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = x
-    for i, c in enumerate(self.channels):
-      h = nn.gelu(layers.conv(c, (3, 3), (2, 2), self.conv_impl,
-                              name=f'conv_{i}')(h))
-    h = h.reshape(h.shape[0], -1)
-    h = nn.gelu(nn.Dense(self.hidden_size, name='hidden')(h))
+    h = vae.conv_trunk(x, self.channels, self.hidden_size, jnp.float32,
+                       self.conv_impl)
     code = nn.Dense(self.code_dim, name='code')(h)
     return CODE_ACTIVATIONS.get(self.code_activation)(code)
 

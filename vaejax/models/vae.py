@@ -14,6 +14,29 @@ from vaejax import errors
 from vaejax.models import layers
 
 
+def mlp_trunk(x, hidden_sizes, dtype):
+  """Flatten -> ReLU Dense layers `hidden_<i>`.
+
+  The trunks are functions called inside a module's compact `__call__`, so
+  their layers are that module's own (same parameter names as when the
+  layers were written out in each encoder and decoder).
+  """
+  h = x.reshape(x.shape[0], -1)
+  for i, size in enumerate(hidden_sizes):
+    h = nn.relu(nn.Dense(size, dtype=dtype, name=f'hidden_{i}')(h))
+  return h
+
+
+def conv_trunk(x, channels, hidden_size, dtype, conv_impl):
+  """Stride-2 3x3 GELU convolutions `conv_<i>` -> flatten -> GELU `hidden`."""
+  h = x
+  for i, c in enumerate(channels):
+    h = nn.gelu(layers.conv(c, (3, 3), (2, 2), conv_impl, dtype=dtype,
+                            name=f'conv_{i}')(h))
+  h = h.reshape(h.shape[0], -1)
+  return nn.gelu(nn.Dense(hidden_size, dtype=dtype, name='hidden')(h))
+
+
 class MLPGaussianEncoder(nn.Module):
   """Flatten -> ReLU MLP -> (mean, log-variance)."""
   hidden_sizes: Sequence[int]
@@ -22,9 +45,7 @@ class MLPGaussianEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = x.reshape(x.shape[0], -1)
-    for i, size in enumerate(self.hidden_sizes):
-      h = nn.relu(nn.Dense(size, dtype=self.dtype, name=f'hidden_{i}')(h))
+    h = mlp_trunk(x, self.hidden_sizes, self.dtype)
     mean = nn.Dense(self.latent_dim, dtype=self.dtype, name='mean')(h)
     logvar = nn.Dense(self.latent_dim, dtype=self.dtype, name='logvar')(h)
     return mean.astype(jnp.float32), logvar.astype(jnp.float32)
@@ -38,9 +59,7 @@ class MLPDecoder(nn.Module):
 
   @nn.compact
   def __call__(self, z):
-    h = z
-    for i, size in enumerate(self.hidden_sizes):
-      h = nn.relu(nn.Dense(size, dtype=self.dtype, name=f'hidden_{i}')(h))
+    h = mlp_trunk(z, self.hidden_sizes, self.dtype)
     h = nn.Dense(math.prod(self.output_shape), dtype=self.dtype,
                  name='output')(h)
     return h.reshape(z.shape[0], *self.output_shape).astype(jnp.float32)
@@ -56,13 +75,8 @@ class ConvGaussianEncoder(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    h = x
-    for i, c in enumerate(self.channels):
-      h = nn.gelu(layers.conv(c, (3, 3), (2, 2), self.conv_impl,
-                              dtype=self.dtype, name=f'conv_{i}')(h))
-    h = h.reshape(h.shape[0], -1)
-    h = nn.gelu(nn.Dense(self.hidden_size, dtype=self.dtype,
-                         name='hidden')(h))
+    h = conv_trunk(x, self.channels, self.hidden_size, self.dtype,
+                   self.conv_impl)
     mean = nn.Dense(self.latent_dim, dtype=self.dtype, name='mean')(h)
     logvar = nn.Dense(self.latent_dim, dtype=self.dtype, name='logvar')(h)
     return mean.astype(jnp.float32), logvar.astype(jnp.float32)
