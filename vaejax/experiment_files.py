@@ -79,7 +79,16 @@ def load_config(spec, **overrides):
   for key, value in overrides.items():
     node = config
     *parents, leaf = key.split('.')
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+    try:
+      for parent in parents:
+        node = node[parent]
+      node[leaf] = value
+    except (AttributeError, KeyError) as e:
+      # ml_collections: 'Key "x" does not exist ... Other fields present:
+      # {...}\nDid you mean "y" instead of "x"?'
+      detail = str(e.args[0] if e.args else e)
+      hint = detail.splitlines()[-1] if 'Did you mean' in detail else ''
+      raise errors.ConfigError(
+          f'override {key}={value!r}: {spec} has no key {key!r}. {hint}'
+          .strip()) from e
   return config

@@ -104,10 +104,10 @@ def conv_autoencoder(config, image_shape, likelihood):
         f'shape {tuple(image_shape)}. Use fewer entries in '
         f'config.model.channels or the mlp_autoencoder model.')
   hidden = config.get('hidden_size', 256)
+  impl = vae.conv_impl(config)
   return Autoencoder(
       encoder=ConvEncoder(channels, config.code_dim, hidden,
-                          config.get('code_activation', 'linear'),
-                          vae.conv_impl(config)),
+                          config.get('code_activation', 'linear'), impl),
       decoder=vae.ConvDecoder(
           channels, vae.output_shape(image_shape, likelihood), hidden,
-          conv_impl=vae.conv_impl(config)))
+          conv_impl=impl))

@@ -136,13 +136,14 @@ def compute_dtype(config):
 
 
 def conv_impl(config):
-  """`config.conv_impl`: how transposed convolutions run (layers.py)."""
-  name = config.get('conv_impl', 'auto')
-  if name not in layers.CONV_IMPLS:
+  """`config.conv_impl` resolved for this backend: how convolutions run
+  (layers.py), 'lax' or 'polyphase'."""
+  try:
+    return layers.resolve_conv_impl(config.get('conv_impl', 'auto'))
+  except ValueError as e:
     raise errors.ConfigError(
-        f'config.model.conv_impl={name!r}; use one of {layers.CONV_IMPLS} '
-        "('auto' picks the fast one for the backend).")
-  return name
+        f"config.model.{e} ('auto' picks the fast one for the backend)."
+    ) from e
 
 
 def output_shape(image_shape, likelihood):
@@ -171,8 +172,9 @@ def conv_vae(config, image_shape, likelihood):
         f'the mlp_vae model.')
   hidden = config.get('hidden_size', 256)
   dtype = compute_dtype(config)
+  impl = conv_impl(config)
   return VAE(
       encoder=ConvGaussianEncoder(channels, config.latent_dim, hidden, dtype,
-                                  conv_impl(config)),
+                                  impl),
       decoder=ConvDecoder(channels, output_shape(image_shape, likelihood),
-                          hidden, dtype, conv_impl(config)))
+                          hidden, dtype, impl))
