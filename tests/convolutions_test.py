@@ -1,5 +1,4 @@
-"""vaejax/models/convolutions.py: convolutions as stride-1 convolutions
-and matmuls.
+"""vaejax/models/convolutions.py: convolutions as single matmuls.
 
 Every case is checked against XLA's own convolution (`lax` / flax's
 nn.Conv and nn.ConvTranspose): outputs and both gradients.
@@ -63,14 +62,14 @@ STRIDED = [
 def test_strided_conv_matches_nn_conv(features, kernel, strides, shape):
   _assert_same_numbers(
       nn.Conv(features, kernel, strides=strides),
-      convolutions.conv(features, kernel, strides, impl='polyphase'), shape)
+      convolutions.conv(features, kernel, strides, impl='matmul'), shape)
 
 
 @pytest.mark.parametrize('padding', ['SAME', 'VALID', [(2, 0), (0, 3)]])
 def test_unit_stride_conv_matches_nn_conv(padding):
   _assert_same_numbers(
       nn.Conv(3, (3, 2), padding=padding),
-      convolutions.conv(3, (3, 2), padding=padding, impl='polyphase'),
+      convolutions.conv(3, (3, 2), padding=padding, impl='matmul'),
       (2, 9, 8, 4))
 
 
@@ -79,7 +78,7 @@ def test_conv_transpose_matches_nn_conv_transpose(features, kernel, strides,
                                                   shape):
   _assert_same_numbers(
       nn.ConvTranspose(features, kernel, strides=strides),
-      convolutions.conv_transpose(features, kernel, strides, impl='polyphase'),
+      convolutions.conv_transpose(features, kernel, strides, impl='matmul'),
       shape)
 
 
@@ -103,18 +102,35 @@ def test_unsupported_convolutions_fall_back_to_lax():
                       window_strides=(1, 1))):
     strides = kwargs.pop('window_strides')
     np.testing.assert_array_equal(
-        convolutions.polyphase_conv_general_dilated(
+        convolutions.matmul_conv_general_dilated(
             x, kernel, strides, 'SAME', dimension_numbers=numbers, **kwargs),
         lax.conv_general_dilated(
             x, kernel, strides, 'SAME', dimension_numbers=numbers, **kwargs))
 
 
-def test_phase_taps_cover_every_kernel_tap_once():
-  for kernel_size, dilation in [(3, 2), (4, 3), (2, 3), (5, 2)]:
-    before, _ = convolutions.conv_transpose_padding(kernel_size, dilation)
-    selection, _ = convolutions._phase_taps(kernel_size, dilation, before)
-    np.testing.assert_array_equal(selection.sum(axis=(0, 1)),
-                                  np.ones(kernel_size))
+@pytest.mark.parametrize('kernel_size, strides, padding, shape', [
+    ((3, 3), (2, 2), ((1, 1), (1, 1)), (2, 7, 8, 3)),
+    ((4, 2), (3, 1), ((2, 0), (0, 3)), (2, 10, 5, 2)),
+    ((2,), (3,), ((0, 1),), (3, 11, 4)),
+])
+def test_scatter_is_the_transpose_of_gather(kernel_size, strides, padding,
+                                            shape):
+  """<gather(x), p> = <x, scatter(p)> for random x and p: the identity that
+  makes each reverse-mode step of a convolution a matmul."""
+  x = jax.random.normal(jax.random.key(0), shape)
+  gathered = convolutions._gather_taps(x, kernel_size, strides, padding)
+  p = jax.random.normal(jax.random.key(1), gathered.shape)
+  scattered = convolutions._scatter_taps(p, kernel_size, strides, padding,
+                                         shape[1:-1])
+  assert scattered.shape == x.shape
+  np.testing.assert_allclose(jnp.vdot(gathered, p), jnp.vdot(x, scattered),
+                             rtol=1e-5)
+  # Every input value is gathered once per tap whose window covers it.
+  ones = convolutions._scatter_taps(
+      convolutions._gather_taps(jnp.ones(shape), kernel_size, strides,
+                                padding), kernel_size, strides, padding,
+      shape[1:-1])
+  assert float(ones.max()) <= np.prod(kernel_size)
 
 
 def _conv_config(impl):
@@ -130,30 +146,44 @@ def test_conv_models_give_the_same_numbers_with_either_impl(family):
   build = (vae_models.conv_vae if family == 'vae'
            else autoencoder.conv_autoencoder)
   lax_model, fast_model = (build(_conv_config(impl), (8, 12, 3), likelihood)
-                           for impl in ('lax', 'polyphase'))
+                           for impl in ('lax', 'matmul'))
   _assert_same_numbers(lax_model, fast_model, (4, 8, 12, 3))
 
 
 def test_unknown_conv_impl_is_a_config_error():
   likelihood = likelihoods.get_likelihood(
       ml_collections.ConfigDict(dict(likelihood='bernoulli')))
-  with pytest.raises(errors.ConfigError, match='conv_impl.*polyphase'):
+  with pytest.raises(errors.ConfigError, match='conv_impl.*matmul'):
     vae_models.conv_vae(_conv_config('cudnn'), (8, 8, 1), likelihood)
 
 
-def test_auto_picks_polyphase_on_cpu_only():
-  expected = 'polyphase' if jax.default_backend() == 'cpu' else 'lax'
+def test_auto_picks_matmul_on_cpu_only():
+  expected = 'matmul' if jax.default_backend() == 'cpu' else 'lax'
   assert convolutions.resolve_conv_impl('auto') == expected
   assert convolutions.resolve_conv_impl('lax') == 'lax'
+  # The earlier rewrite's name, in saved configs, runs the matmul one.
+  assert convolutions.resolve_conv_impl('polyphase') == 'matmul'
 
 
 def test_forward_mode_matches_nn_conv_transpose():
   """jvp (used by the contractive penalty) through the custom rule."""
   x = jax.random.normal(jax.random.key(1), (2, 5, 6, 4))
   reference = nn.ConvTranspose(3, (3, 3), strides=(2, 2))
-  module = convolutions.conv_transpose(3, (3, 3), (2, 2), impl='polyphase')
+  module = convolutions.conv_transpose(3, (3, 3), (2, 2), impl='matmul')
   variables = reference.init(jax.random.key(0), x)
   tangents = jax.tree.map(lambda a: jnp.cos(a) + 0.5, (variables, x))
   expected = jax.jvp(reference.apply, (variables, x), tangents)
   actual = jax.jvp(module.apply, (variables, x), tangents)
   chex.assert_trees_all_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_jacfwd_through_a_strided_conv_matches_nn_conv():
+  """jacfwd (vmap of jvp, the contractive penalty's exact Jacobian)."""
+  x = jax.random.normal(jax.random.key(1), (1, 6, 6, 2))
+  reference = nn.Conv(3, (3, 3), strides=(2, 2))
+  module = convolutions.conv(3, (3, 3), (2, 2), impl='matmul')
+  variables = reference.init(jax.random.key(0), x)
+  chex.assert_trees_all_close(
+      jax.jacfwd(module.apply, argnums=1)(variables, x),
+      jax.jacfwd(reference.apply, argnums=1)(variables, x),
+      rtol=1e-5, atol=1e-5)

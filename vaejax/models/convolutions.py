@@ -1,34 +1,38 @@
-"""Convolutions that XLA:CPU runs fast: everything as stride-1 convolutions.
+"""Convolutions that XLA:CPU runs fast: each one a single matmul.
 
-On CPU three kinds of convolution take XLA's slow generic path, and in the
-conv VAE they took ~95% of the train step (60-75 examples/s, against
-~500 after this rewrite; README, Throughput):
-  * transposed (input-dilated) convolutions and their gradients;
-  * the input gradient of a strided convolution (itself input-dilated);
-  * kernel gradients, computed as convolutions over the batch.
-`polyphase_conv_general_dilated` (a drop-in for `lax.conv_general_dilated`,
-passed to flax's `nn.Conv`) rewrites them with the same numbers:
-  * a stride-s transposed convolution is a stride-1 convolution of the
-    undilated input with s^n times the output channels, one group per
-    output phase holding the kernel taps that meet a real pixel, then
-    interleaved into the output grid (sub-pixel / depth to space);
-  * a stride-s convolution is a stride-1 convolution of the s^n phase
-    images of the input (space to depth) with a ceil(k/s)-tap kernel;
-  * a stride-1 convolution keeps XLA's forward pass and input gradient,
-    and its kernel gradient is one matmul per kernel tap (`_conv_by_taps`).
+On CPU XLA's own convolutions are slow for everything but the forward pass
+and input gradient of a stride-1 convolution: transposed (input-dilated)
+convolutions, the input gradient of a strided one (itself input-dilated)
+and every kernel gradient (a convolution over the batch) took ~95% of the
+conv VAE's step. `matmul_conv_general_dilated` (a drop-in for
+`lax.conv_general_dilated`, passed to flax's `nn.Conv`) computes each
+convolution as one matmul with the batch and positions folded into its
+rows, plus data movement that XLA fuses:
+  * gather (im2col): the kernel's taps of the padded input side by side,
+    [batch, out..., taps * in] @ [taps * in, out]; for strided
+    convolutions, and stride-1 ones with no more input than output channels;
+  * scatter (col2im): [batch, in..., in] @ [in, taps * out], each tap's
+    block of output channels shifted into place and summed; for transposed
+    convolutions (every product lands on a real output: no zero taps are
+    multiplied) and stride-1 ones with more input than output channels.
+Gather and scatter are each other's transposes (slices and concatenation
+against pads, split and sums), so reverse mode turns each convolution into
+matmuls too: the input gradient is the other formulation with the
+transposed kernel, the kernel gradient a [taps * in, batch * positions] x
+[batch * positions, out] product. Plain lax ops throughout, so jvp, vmap
+and jacfwd work as usual.
 
 `conv(...)` and `conv_transpose(...)` return flax `nn.Conv` modules with the
 parameters of `nn.Conv` / `nn.ConvTranspose` (same names, shapes and
 initialisers, so checkpoints are interchangeable) and their outputs and
 gradients to float rounding (tests/convolutions_test.py); `impl` chooses:
   'lax'        XLA's own convolutions;
-  'polyphase'  the rewrite above;
-  'auto'       'polyphase' on CPU, 'lax' on GPU and TPU (cuDNN and the TPU
+  'matmul'     the formulation above ('polyphase', the name of an earlier
+               rewrite, is read as 'matmul' so saved configs still load);
+  'auto'       'matmul' on CPU, 'lax' on GPU and TPU (cuDNN and the TPU
                compiler run strided and dilated convolutions well).
 """
-import functools
 import itertools
-import string
 
 import flax.linen as nn
 import jax
@@ -36,7 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-CONV_IMPLS = ('auto', 'lax', 'polyphase')
+CONV_IMPLS = ('auto', 'lax', 'matmul')
+_RENAMED_IMPLS = {'polyphase': 'matmul'}
 
 
 def conv_transpose_padding(kernel_size, stride):
@@ -48,24 +53,6 @@ def conv_transpose_padding(kernel_size, stride):
   return before, pad_len - before
 
 
-def _phase_taps(kernel_size, dilation, pad_before):
-  """0/1 array [R, dilation, kernel_size] and the first input offset.
-
-  Output position d*i + a of the input-dilated convolution sums
-  x[i + r] * kernel[k] over the taps k with (a + k - pad_before) = d * r;
-  entry [r - r_min, a, k] is 1 for those.
-  """
-  taps = [((a + k - pad_before) // dilation, a, k)
-          for a in range(dilation) for k in range(kernel_size)
-          if (a + k - pad_before) % dilation == 0]
-  r_min = min(r for r, _, _ in taps)
-  r_max = max(r for r, _, _ in taps)
-  selection = np.zeros((r_max - r_min + 1, dilation, kernel_size), np.float32)
-  for r, a, k in taps:
-    selection[r - r_min, a, k] = 1.0
-  return selection, r_min
-
-
 def _is_channels_last(dimension_numbers, n):
   if dimension_numbers is None:
     return False
@@ -75,149 +62,109 @@ def _is_channels_last(dimension_numbers, n):
           and tuple(rhs) == (n + 1, n) + tuple(range(n)))
 
 
-def _einsum_axes(n):
-  letters = string.ascii_lowercase
-  return letters[:n], letters[n:2 * n], letters[2 * n:3 * n]
+def _taps(kernel_size):
+  return list(itertools.product(*[range(k) for k in kernel_size]))
 
 
-def _conv_by_taps(lhs, rhs, padding):
-  """The stride-1 channels-last convolution as one matmul per kernel tap.
+def _gather_taps(x, kernel_size, strides, padding):
+  """[batch, in..., c] -> [batch, out..., taps * c], tap t of output o being
+  x[strides * o + t - padding_before] (zero outside x)."""
+  x = lax.pad(x, jnp.zeros((), x.dtype),
+              [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)])
+  out = [(size - k) // s + 1
+         for size, k, s in zip(x.shape[1:-1], kernel_size, strides)]
+  return jnp.concatenate([
+      lax.slice(x, (0, *tap, 0),
+                (x.shape[0], *[t + (m - 1) * s + 1
+                               for t, m, s in zip(tap, out, strides)],
+                 x.shape[-1]),
+                (1, *strides, 1))
+      for tap in _taps(kernel_size)], axis=-1)
 
-  Only used on tangents (see `_unit_stride_conv`): it is linear in `rhs`,
-  and its transpose, the kernel gradient, is then matmuls contracting batch
-  and positions. Each tap shifts whichever side has fewer channels (the
-  shifted copy is the extra memory traffic): the input window before the
-  matmul, or the output after it (whose transpose pads the cotangent).
+
+def _scatter_taps(patches, kernel_size, strides, padding, spatial):
+  """The transpose of `_gather_taps` for an input of size `spatial`: every
+  tap's block of channels added at the positions it was gathered from.
+
+  Position i = s * b + a gets the taps t with (t - before) = a (mod s),
+  shifted by (t - before - a) / s: one sum of shifted blocks per phase a,
+  then the s^n phases interleaved (depth to space). Each product lands once:
+  no zeros are summed.
+  """
+  n = len(kernel_size)
+  taps = _taps(kernel_size)
+  channels = patches.shape[-1] // len(taps)
+  pieces = lax.split(patches, [channels] * len(taps), axis=n + 1)
+  out, batch = patches.shape[1:1 + n], patches.shape[0]
+  blocks = [-(-size // s) for size, s in zip(spatial, strides)]
+  phases = []
+  for phase in itertools.product(*[range(s) for s in strides]):
+    total = jnp.zeros((batch, *blocks, channels), patches.dtype)
+    for piece, tap in zip(pieces, taps):
+      offsets = [t - lo - a for t, (lo, _), a in zip(tap, padding, phase)]
+      if any(o % s for o, s in zip(offsets, strides)):
+        continue
+      shifts = [o // s for o, s in zip(offsets, strides)]
+      total = total + lax.pad(
+          piece, jnp.zeros((), piece.dtype),
+          [(0, 0, 0)] + [(sh, b - m - sh, 0)
+                         for sh, b, m in zip(shifts, blocks, out)]
+          + [(0, 0, 0)])
+    phases.append(total)
+  if len(phases) == 1:
+    full = phases[0]
+  else:
+    full = jnp.stack(phases, axis=1).reshape(batch, *strides, *blocks,
+                                             channels)
+    full = full.transpose(
+        0, *[axis for j in range(n) for axis in (1 + n + j, 1 + j)],
+        1 + 2 * n)
+    full = full.reshape(batch, *[b * s for b, s in zip(blocks, strides)],
+                        channels)
+  return full[(slice(None),) + tuple(slice(0, size) for size in spatial)]
+
+
+def _matmul(x, kernel_matrix):
+  n = x.ndim - 2
+  return lax.dot_general(x, kernel_matrix, (((n + 1,), (0,)), ((), ())))
+
+
+def _gather_conv(lhs, rhs, strides, padding):
+  n = lhs.ndim - 2
+  patches = _gather_taps(lhs, rhs.shape[:n], strides, padding)
+  return _matmul(patches, rhs.reshape(-1, rhs.shape[-1]))
+
+
+def _scatter_conv(lhs, rhs, lhs_dilation, padding):
+  """An input-dilated convolution as the transpose of a strided gather.
+
+  Input pixel i times kernel tap k lands on output d * i + before - k: with
+  the kernel flipped (tap t = k_max - k) that is d * i + t - (k_max -
+  before), the positions a stride-d gather with padding k_max - before
+  reads.
   """
   n = lhs.ndim - 2
-  padded = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-                   [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding]
-                   + [(0, 0, 0)])
-  kernel_size = rhs.shape[:n]
-  out_size = [p - k + 1 for p, k in zip(padded.shape[1:-1], kernel_size)]
-  shift_output = rhs.shape[-1] < rhs.shape[-2]
-  total = None
-  for offset in itertools.product(*[range(k) for k in kernel_size]):
-    tap = rhs[offset]
-    if shift_output:
-      full = lax.dot_general(padded, tap, (((n + 1,), (0,)), ((), ())))
-      term = lax.slice(full, (0, *offset, 0),
-                       (full.shape[0],
-                        *[o + m for o, m in zip(offset, out_size)],
-                        full.shape[-1]))
-    else:
-      window = lax.slice(padded, (0, *offset, 0),
-                         (padded.shape[0],
-                          *[o + m for o, m in zip(offset, out_size)],
-                          padded.shape[-1]))
-      term = lax.dot_general(window, tap, (((n + 1,), (0,)), ((), ())))
-    total = term if total is None else total + term
-  return total
-
-
-@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _unit_stride_conv(lhs, rhs, padding, dimension_numbers):
-  """A stride-1 channels-last convolution whose kernel gradient is matmuls.
-
-  XLA:CPU computes a convolution's kernel gradient as a convolution over
-  the batch, which was the slowest op of the conv VAE's step. Here the
-  tangent with respect to the kernel is `_conv_by_taps`, so reverse mode
-  (its transpose) gives one [batch * positions, in] x [batch * positions,
-  out] matmul per kernel tap. The forward pass and the input gradient stay
-  XLA's convolutions; forward mode (jvp, jacfwd) works too.
-  """
-  n = lhs.ndim - 2
-  return lax.conv_general_dilated(lhs, rhs, (1,) * n, padding,
-                                  dimension_numbers=dimension_numbers)
-
-
-@_unit_stride_conv.defjvp
-def _unit_stride_conv_jvp(padding, dimension_numbers, primals, tangents):
-  lhs, rhs = primals
-  lhs_dot, rhs_dot = tangents
-  n = lhs.ndim - 2
-  out = _unit_stride_conv(lhs, rhs, padding, dimension_numbers)
-  out_dot = (lax.conv_general_dilated(lhs_dot, rhs, (1,) * n, padding,
-                                      dimension_numbers=dimension_numbers)
-             + _conv_by_taps(lhs, rhs_dot, padding))
-  return out, out_dot
-
-
-def _space_to_depth_conv(lhs, rhs, strides, padding, dimension_numbers):
-  """A strided convolution as a stride-1 one over s^n phase images.
-
-  With kernel tap k = s*q + p, y[o] = sum_{q,p} x_p[o + q] K[s*q + p], where
-  x_p[j] = x_padded[s*j + p]: space to depth, then a ceil(k/s)-tap kernel
-  over the s^n * in channels.
-  """
-  n = lhs.ndim - 2
-  batch, in_features = lhs.shape[0], lhs.shape[-1]
-  spatial, kernel_size = lhs.shape[1:-1], rhs.shape[:n]
-  out_size = [(size + lo + hi - k) // s + 1 for size, (lo, hi), k, s
-              in zip(spatial, padding, kernel_size, strides)]
-  taps = [-(-k // s) for k, s in zip(kernel_size, strides)]
-  # Pad (or crop) to exactly out + taps - 1 phase rows of s pixels each.
-  pads = [(lo, (m + q - 1) * s - size - lo, 0) for (lo, _), size, m, q, s
-          in zip(padding, spatial, out_size, taps, strides)]
-  x = lax.pad(lhs, jnp.zeros((), lhs.dtype),
-              [(0, 0, 0)] + pads + [(0, 0, 0)])
-  rows = [m + q - 1 for m, q in zip(out_size, taps)]
-  x = x.reshape(batch, *[d for r, s in zip(rows, strides) for d in (r, s)],
-                in_features)
-  x = x.transpose(0, *range(1, 2 * n + 1, 2), *range(2, 2 * n + 2, 2),
-                  2 * n + 1)
-  x = x.reshape(batch, *rows, -1)
-  selections = []
-  for k, s, q in zip(kernel_size, strides, taps):
-    selection = np.zeros((q, s, k), np.float32)
-    for tap in range(k):
-      selection[tap // s, tap % s, tap] = 1.0
-    selections.append(selection.astype(rhs.dtype))
-  q_ax, p_ax, k_ax = _einsum_axes(n)
-  spec = ','.join(q + p + k for q, p, k in zip(q_ax, p_ax, k_ax))
-  kernel = jnp.einsum(f'{spec},{k_ax}yz->{q_ax}{p_ax}yz', *selections, rhs)
-  kernel = kernel.reshape(*taps, -1, rhs.shape[-1])
-  return _unit_stride_conv(x, kernel, ((0, 0),) * n, dimension_numbers)
-
-
-def _subpixel_conv(lhs, rhs, lhs_dilation, padding, dimension_numbers):
-  """An input-dilated (transposed) convolution as a stride-1 one with
-  d^n phases of output channels, interleaved (depth to space)."""
-  n = lhs.ndim - 2
-  batch, out_features = lhs.shape[0], rhs.shape[-1]
-  spatial, kernel_size = lhs.shape[1:-1], rhs.shape[:n]
-  out_size = [(size - 1) * d + 1 + lo + hi - k + 1 for size, d, (lo, hi), k
+  kernel_size, (in_features, out_features) = rhs.shape[:n], rhs.shape[n:]
+  spatial = lhs.shape[1:-1]
+  out_size = [(size - 1) * d + lo + hi - k + 2 for size, d, (lo, hi), k
               in zip(spatial, lhs_dilation, padding, kernel_size)]
-  blocks = [-(-size // d) for size, d in zip(out_size, lhs_dilation)]
-  phases = [_phase_taps(k, d, lo) for k, d, (lo, _)
-            in zip(kernel_size, lhs_dilation, padding)]
-  # kernel [r..., in, (a..., out)]: the taps of each output phase.
-  r_ax, a_ax, k_ax = _einsum_axes(n)
-  spec = ','.join(r + a + k for r, a, k in zip(r_ax, a_ax, k_ax))
-  kernel = jnp.einsum(
-      f'{spec},{k_ax}yz->{r_ax}y{a_ax}z',
-      *[selection.astype(rhs.dtype) for selection, _ in phases], rhs)
-  kernel = kernel.reshape(*kernel.shape[:n + 1], -1)
-  # Input rows i + r for r from r_min: pad (or crop, if negative) so the
-  # stride-1 convolution gives `blocks` rows per phase.
-  pads = tuple((-r_min, block + r_min + selection.shape[0] - 1 - size)
-               for (selection, r_min), block, size
-               in zip(phases, blocks, spatial))
-  y = _unit_stride_conv(lhs, kernel, pads, dimension_numbers)
-  # [batch, i..., (a..., out)] -> [batch, (i, a)..., out], then crop.
-  y = y.reshape(batch, *blocks, *lhs_dilation, out_features)
-  y = y.transpose(0, *[axis for j in range(n) for axis in (1 + j, 1 + n + j)],
-                  1 + 2 * n)
-  y = y.reshape(batch, *[b * d for b, d in zip(blocks, lhs_dilation)],
-                out_features)
-  return y[(slice(None),) + tuple(slice(0, size) for size in out_size)]
+  flipped = rhs[(slice(None, None, -1),) * n]
+  kernel_matrix = jnp.moveaxis(
+      flipped.reshape(-1, in_features, out_features), 0, 1).reshape(
+          in_features, -1)
+  gather_padding = [
+      (k - 1 - lo, (size - 1) * d + lo + 1 - out)
+      for k, (lo, _), size, d, out
+      in zip(kernel_size, padding, spatial, lhs_dilation, out_size)]
+  return _scatter_taps(_matmul(lhs, kernel_matrix), kernel_size,
+                       lhs_dilation, gather_padding, out_size)
 
 
-def polyphase_conv_general_dilated(
+def matmul_conv_general_dilated(
     lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
     dimension_numbers=None, feature_group_count=1, batch_group_count=1,
     precision=None, preferred_element_type=None):
-  """`lax.conv_general_dilated` as stride-1 convolutions (see the top).
+  """`lax.conv_general_dilated` as one matmul (see the top).
 
   Takes channels-last convolutions without kernel dilation, feature or batch
   groups or a precision/preferred type, with window strides or input
@@ -244,31 +191,32 @@ def polyphase_conv_general_dilated(
                for size, d in zip(lhs.shape[1:-1], lhs_dilation)]
     padding = lax.padtype_to_pads(dilated, rhs.shape[:n], strides, padding)
   padding = tuple((int(lo), int(hi)) for lo, hi in padding)
-  if dilated_input:
-    return _subpixel_conv(lhs, rhs, lhs_dilation, padding, dimension_numbers)
-  if strided:
-    return _space_to_depth_conv(lhs, rhs, strides, padding,
-                                dimension_numbers)
-  return _unit_stride_conv(lhs, rhs, padding, dimension_numbers)
+  # The copied side of the matmul is taps times the smaller channel count.
+  if dilated_input or (not strided and rhs.shape[-2] > rhs.shape[-1]):
+    return _scatter_conv(lhs, rhs, lhs_dilation, padding)
+  return _gather_conv(lhs, rhs, strides, padding)
 
 
 def resolve_conv_impl(impl):
+  impl = _RENAMED_IMPLS.get(impl, impl)
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl={impl!r}; use one of {CONV_IMPLS}.')
   if impl == 'auto':
-    return 'polyphase' if jax.default_backend() == 'cpu' else 'lax'
+    return 'matmul' if jax.default_backend() == 'cpu' else 'lax'
   return impl
 
 
-def _hook(impl):
-  return (polyphase_conv_general_dilated
-          if resolve_conv_impl(impl) == 'polyphase' else None)
+def conv_function(impl):
+  """The `lax.conv_general_dilated` that `impl` runs (for layers that hold
+  their own kernel, like pixelcnn.MaskedConv)."""
+  return (matmul_conv_general_dilated if resolve_conv_impl(impl) == 'matmul'
+          else lax.conv_general_dilated)
 
 
 def conv(features, kernel_size, strides=None, impl='auto', **kwargs):
   """`nn.Conv(features, kernel_size, strides, padding='SAME', ...)`."""
   return nn.Conv(features, kernel_size, strides=strides,
-                 conv_general_dilated=_hook(impl), **kwargs)
+                 conv_general_dilated=conv_function(impl), **kwargs)
 
 
 def conv_transpose(features, kernel_size, strides, impl='auto', **kwargs):
@@ -277,5 +225,5 @@ def conv_transpose(features, kernel_size, strides, impl='auto', **kwargs):
   padding = [conv_transpose_padding(k, s)
              for k, s in zip(kernel_size, strides)]
   return nn.Conv(features, kernel_size, strides=1, padding=padding,
-                 input_dilation=strides, conv_general_dilated=_hook(impl),
-                 **kwargs)
+                 input_dilation=strides,
+                 conv_general_dilated=conv_function(impl), **kwargs)

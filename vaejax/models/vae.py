@@ -71,7 +71,7 @@ class ConvGaussianEncoder(nn.Module):
   latent_dim: int
   hidden_size: int = 256
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'  # convolutions.py: 'auto', 'lax' or 'polyphase'
+  conv_impl: str = 'auto'  # convolutions.py: 'auto', 'lax' or 'matmul'
 
   @nn.compact
   def __call__(self, x):
@@ -88,7 +88,7 @@ class ConvDecoder(nn.Module):
   output_shape: Sequence[int]
   hidden_size: int = 256
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'  # convolutions.py: 'auto', 'lax' or 'polyphase'
+  conv_impl: str = 'auto'  # convolutions.py: 'auto', 'lax' or 'matmul'
 
   @nn.compact
   def __call__(self, z):
@@ -137,7 +137,7 @@ def compute_dtype(config):
 
 def conv_impl(config):
   """`config.conv_impl` resolved for this backend: how convolutions run
-  (convolutions.py), 'lax' or 'polyphase'."""
+  (convolutions.py), 'lax' or 'matmul'."""
   try:
     return convolutions.resolve_conv_impl(config.get('conv_impl', 'auto'))
   except ValueError as e:
