@@ -1,85 +1,121 @@
 r"""Training throughput against the machine's matmul roofline.
 
   python -m vaejax.benchmark [--cases=vae_mlp_784_400_20_b128,...] [--windows=7]
-      [--profile] [--set=model.conv_impl=lax ...]
+      [--steps_per_window=N] [--profile] [--set=model.conv_impl=lax ...]
 
 Prints one JSON line per case:
   name                      the case
   examples_per_s            median over timed windows after compilation
   compile_s                 time to compile the train chunk
   flops_per_example         XLA's count for one train step / batch size
-  matmul_gflops             float32 matmul rate measured in this run
-  roofline_examples_per_s   matmul_gflops / flops_per_example
-  fraction_of_roofline      examples_per_s / roofline_examples_per_s
-plus the device count, backend, host CPU and data used. Each case trains through the
-same `train.make_train_chunk` as `python -m vaejax.main` (training set on
-device, several steps per dispatch), on Fashion-MNIST when it is installed
-and on random images of the same shape otherwise. The case
-`handwritten_vae_mlp_784_400_20_b128` is the first case's VAE written out in
-plain JAX (`handwritten_vae`), on the same data: the baseline that shows what
-vaejax's loop costs over a minimal hand-jitted one.
+  useful_flops_per_example  the same count with conv_impl=lax (XLA's own
+                            convolutions: no copies, no zero taps); for
+                            cases without convolutions, flops_per_example
+  matmul_gflops             float32 2048^2 matmul rate, median of the rates
+                            measured right before each timed window
+  roofline_examples_per_s   matmul_gflops / useful_flops_per_example
+  fraction_of_roofline      median over windows of the window's rate over
+                            the roofline of the matmul rate measured beside
+                            it (so a load that comes and goes on a shared
+                            machine moves both alike)
+plus the device count, backend, host CPU and data used. The experiment
+cases train through the same `train.make_train_chunk` as
+`python -m vaejax.main` (training set on device, several steps per
+dispatch); the program cases (`benchmark_programs`: the handwritten VAE
+baseline, gated PixelCNNs, a VQ-VAE, hierarchical top-down blocks) build
+their networks from vaejax.models directly, with the same device-resident
+data. Data: Fashion-MNIST when it is installed, random images of its shape
+otherwise.
 
 With --profile, one more window runs under `jax.profiler` and the line gains
-`profile`: milliseconds per step spent in each kind of XLA op (matmul =
-dots and convolutions; random = PRNG hashing; collectives; then the rest by
-the train step's named scope: inputs, loss_and_gradient, metrics,
-optimizer), the slowest ops, and `matmul_bound_examples_per_s`, the rate if
-everything but the matmuls were free. Times under the profiler run a little
-slower than unprofiled. --profile_dir keeps the trace (open it in Perfetto
-or TensorBoard).
+`profile` (vaejax/profiling.py): milliseconds per step spent in each kind of
+XLA op (matmul = dots and convolutions; random = PRNG hashing; collectives;
+then the rest by the train step's named scope: inputs, loss_and_gradient,
+metrics, optimizer), the slowest ops with their HLO shapes, and
+`matmul_bound_examples_per_s`, the rate if everything but the matmuls were
+free. --profile_dir keeps the trace (open it in Perfetto or TensorBoard).
 """
 import ast
-import collections
+import dataclasses
 import functools
-import glob
-import gzip
 import json
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
+from typing import Any, Callable, Optional
 
 from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jax import lax
 
+from vaejax import benchmark_programs
 from vaejax import cli
 from vaejax import data as data_lib
 from vaejax import errors
 from vaejax import experiment
 from vaejax import experiment_files
+from vaejax import profiling
 from vaejax import sharding
 from vaejax import train
 from vaejax.data import pipeline
 
 HANDWRITTEN = 'handwritten_vae_mlp_784_400_20_b128'
 
-# name -> (experiment spec, config overrides). The first is the
-# pytorch/examples VAE: 784-400-20, Bernoulli, Adam 1e-3, batch 128, dynamic
-# binarisation. The GMM case is full-batch EM (one step = one EM iteration
-# over all 60k training examples) on the 50 principal components.
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """An experiment file (data, batch size, seed; the model too unless
+  `program`), its overrides, a `benchmark_programs` builder (exp, conv_impl)
+  -> (train_chunk, state), whether it has convolutions (then its useful
+  FLOPs are counted with conv_impl=lax) and its default steps per window."""
+  spec: str
+  overrides: Any = dataclasses.field(default_factory=dict)
+  program: Optional[Callable[..., Any]] = None
+  convolutional: bool = False
+  steps_per_window: int = 200
+
+
+# The first is the pytorch/examples VAE: 784-400-20, Bernoulli, Adam 1e-3,
+# batch 128, dynamic binarisation. The GMM case is full-batch EM (one step =
+# one EM iteration over all 60k training examples) on the 50 principal
+# components. Conv cases take ~0.1-1 s a step on 2 CPU cores: fewer steps.
 CASES = {
-    'vae_mlp_784_400_20_b128': ('experiments/vae.py', {}),
-    # The same VAE written out in plain JAX (`handwritten_vae`): what the
-    # registries, per-example keys and metrics of vaejax's loop cost.
-    HANDWRITTEN: ('experiments/vae.py', {}),
-    'vae_conv_b128': ('experiments/vae.py:conv', {}),
-    'iwae_k5_mlp_b128': ('experiments/vae.py:iwae', {}),
-    'ae_mlp_784_512_32_b128': ('experiments/ae.py', {}),
-    'ae_denoising_mlp_b128': ('experiments/ae.py:denoising', {}),
-    'gmm_diag_k10_pca50_full_batch': ('experiments/gmm.py', {}),
+    'vae_mlp_784_400_20_b128': Case('experiments/vae.py'),
+    # The same VAE written out in plain JAX: what the registries,
+    # per-example keys and metrics of vaejax's loop cost.
+    HANDWRITTEN: Case('experiments/vae.py',
+                      program=benchmark_programs.handwritten_vae),
+    'vae_conv_b128': Case('experiments/vae.py:conv', convolutional=True,
+                          steps_per_window=40),
+    'iwae_k5_mlp_b128': Case('experiments/vae.py:iwae'),
+    'ae_mlp_784_512_32_b128': Case('experiments/ae.py'),
+    'ae_denoising_mlp_b128': Case('experiments/ae.py:denoising'),
+    'gmm_diag_k10_pca50_full_batch': Case('experiments/gmm.py'),
+    'pixelcnn_gated_7x7_k128_b128': Case(
+        'experiments/vae.py', program=benchmark_programs.pixelcnn_7x7,
+        convolutional=True, steps_per_window=40),
+    'pixelcnn_gated_28x28_k2_b32': Case(
+        'experiments/vae.py', {'batch_size': 32},
+        program=benchmark_programs.pixelcnn_28x28, convolutional=True,
+        steps_per_window=10),
+    'vqvae_conv_k128_b128': Case(
+        'experiments/vae.py', program=benchmark_programs.vqvae,
+        convolutional=True, steps_per_window=40),
+    'hierarchical_top_down_3x14x14_b128': Case(
+        'experiments/vae.py', program=benchmark_programs.hierarchical_top_down,
+        convolutional=True, steps_per_window=40),
 }
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list('cases', list(CASES), f'Cases to run, from {list(CASES)}.')
 flags.DEFINE_integer('windows', 7, 'Timed windows per case (median is kept).')
-flags.DEFINE_integer('steps_per_window', 200, 'Train steps per timed window.')
+flags.DEFINE_integer('steps_per_window', None,
+                     'Train steps per timed window (default: the case\'s own, '
+                     '200 for the MLP cases, 10-40 for the conv ones).')
 flags.DEFINE_bool('profile', False,
                   'Also profile one window: where the time of a step goes.')
 flags.DEFINE_multi_string(
@@ -155,66 +191,15 @@ def load_data(config):
     return random_dataset(config.data.name)
 
 
-def handwritten_vae(exp):
-  """The pytorch/examples VAE (784-400-20, Bernoulli, Adam 1e-3) in plain JAX.
-
-  A baseline for vaejax's own loop, on the same device-resident data and
-  batch order: dense layers as jnp matmuls, one PRNG key per step (not per
-  example), dynamic binarisation with jax.random.bernoulli, the loss as the
-  only metric, no sharding. Returns (train_chunk, state) with the signature
-  of `train.make_train_chunk(exp)`'s function.
-  """
-  shape = exp.dataset.image_shape
-  pixels = int(np.prod(shape))
-  hidden, latent = 400, 20
-  layers = {'encoder': (pixels, hidden), 'mean': (hidden, latent),
-            'logvar': (hidden, latent), 'decoder': (latent, hidden),
-            'output': (hidden, pixels)}
-  keys = jax.random.split(jax.random.key(exp.config.seed), len(layers) + 1)
-  params = {
-      name: {'w': jax.random.normal(key, size) / np.sqrt(size[0]),
-             'b': jnp.zeros(size[1])}
-      for key, (name, size) in zip(keys, layers.items())}
-  optimizer = optax.adam(1e-3)
-  state = {'params': params, 'opt_state': optimizer.init(params),
-           'step': jnp.int32(0)}
-  root_key = keys[-1]
-
-  def dense(params, name, x):
-    return x @ params[name]['w'] + params[name]['b']
-
-  def loss_fn(params, x, key):
-    h = jax.nn.relu(dense(params, 'encoder', x))
-    mean, logvar = dense(params, 'mean', h), dense(params, 'logvar', h)
-    z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape)
-    logits = dense(params, 'output', jax.nn.relu(dense(params, 'decoder', z)))
-    reconstruction = optax.sigmoid_binary_cross_entropy(logits, x).sum(-1)
-    kl = -0.5 * jnp.sum(1 + logvar - mean ** 2 - jnp.exp(logvar), -1)
-    return jnp.mean(reconstruction + kl)
-
-  def chunk(state, images, labels, indices):
-    del labels
-
-    def step(state, step_indices):
-      binarize_key, noise_key = jax.random.split(
-          jax.random.fold_in(root_key, state['step']))
-      x = images[step_indices].reshape(-1, pixels).astype(jnp.float32) / 255
-      x = jax.random.bernoulli(binarize_key, x).astype(jnp.float32)
-      loss, grads = jax.value_and_grad(loss_fn)(state['params'], x, noise_key)
-      updates, opt_state = optimizer.update(grads, state['opt_state'])
-      return {'params': optax.apply_updates(state['params'], updates),
-              'opt_state': opt_state, 'step': state['step'] + 1}, loss
-
-    state, losses = lax.scan(step, state, indices)
-    return state, {'loss': losses}
-
-  return jax.jit(chunk, donate_argnums=(0,)), state
-
-
-def train_program(name, exp):
-  """(train_chunk, initial state) of a case."""
-  if name == HANDWRITTEN:
-    return handwritten_vae(exp)
+def train_program(case, exp, conv_impl):
+  """(train_chunk, initial state) of a case, its convolutions by
+  `conv_impl`."""
+  if case.program:
+    return case.program(exp, conv_impl)
+  if conv_impl != exp.config.model.get('conv_impl', conv_impl):
+    config = exp.config.copy_and_resolve_references()
+    config.model.conv_impl = conv_impl
+    exp = experiment.build_experiment(config, exp.dataset)
   return train.make_train_chunk(exp), experiment.init_state(exp)
 
 
@@ -234,112 +219,6 @@ def flops_per_example(exp, state, feed, train_chunk=None):
   return cost['flops'] * num_devices / exp.config.batch_size
 
 
-_RANDOM_OP = re.compile(
-    r'threefry|random_bits|_uniform|_bernoulli|_normal|fold_in|random_split')
-_COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all',
-                'collective-permute')
-_CONTROL_FLOW = ('while', 'conditional', 'call')
-_SCOPES = ('inputs', 'loss_and_gradient', 'metrics', 'optimizer')
-_INSTRUCTION = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (.*)$')
-_COMPUTATION = re.compile(r'^(?:ENTRY )?%?([\w.\-]+) .*\{$')
-
-
-def _opcode(rest):
-  """The opcode of an HLO instruction, given the text after `name = `."""
-  if rest.startswith('('):  # A tuple shape: skip to its closing bracket.
-    depth = 0
-    for i, char in enumerate(rest):
-      depth += {'(': 1, ')': -1}.get(char, 0)
-      if depth == 0:
-        rest = rest[i + 1:]
-        break
-  else:
-    rest = rest.split(' ', 1)[1]
-  return rest.strip().split('(', 1)[0]
-
-
-def op_categories(hlo_text):
-  """{instruction name: category} for an optimised HLO module's text.
-
-  Categories: matmul (a dot or convolution, or a fusion containing one),
-  collectives, control_flow (whose bodies are counted op by op), random
-  (ops traced from jax.random), else the train step's named scope the op
-  came from, else `other`.
-  """
-  computation_ops = collections.defaultdict(set)
-  instructions = {}
-  computation = None
-  for line in hlo_text.splitlines():
-    header = _COMPUTATION.match(line)
-    if header:
-      computation = header.group(1)
-      continue
-    match = _INSTRUCTION.match(line)
-    if not match:
-      continue
-    name, rest = match.groups()
-    opcode = _opcode(rest)
-    computation_ops[computation].add(opcode)
-    calls = re.search(r'calls=%?([\w.\-]+)', rest)
-    op_name = re.search(r'op_name="([^"]*)"', rest)
-    instructions[name] = (opcode, calls and calls.group(1),
-                          op_name.group(1) if op_name else '')
-
-  categories = {}
-  for name, (opcode, calls, op_name) in instructions.items():
-    called_ops = computation_ops.get(calls, set())
-    if opcode in ('dot', 'convolution') or (
-        opcode == 'fusion' and called_ops & {'dot', 'convolution'}):
-      category = 'matmul'
-    elif opcode.replace('-start', '').replace('-done', '') in _COLLECTIVES:
-      category = 'collectives'
-    elif opcode in _CONTROL_FLOW:
-      category = 'control_flow'
-    elif _RANDOM_OP.search(op_name):
-      category = 'random'
-    else:
-      category = next((scope for scope in _SCOPES
-                       if f'/{scope}/' in f'/{op_name}/'), 'other')
-    categories[name] = category
-  return categories
-
-
-def profile_window(compiled, state, args, steps, batch_size, trace_dir):
-  """Runs one window under jax.profiler; where the time of a step goes."""
-  categories = op_categories(compiled.as_text())
-  start = time.perf_counter()
-  with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
-    state, metrics = compiled(state, *args)
-    jax.block_until_ready(metrics)
-    wall_ms = (time.perf_counter() - start) * 1e3 / steps
-  traces = sorted(glob.glob(os.path.join(trace_dir, '**',
-                                         '*perfetto_trace.json.gz'),
-                            recursive=True), key=os.path.getmtime)
-  with gzip.open(traces[-1]) as f:
-    trace = json.load(f)
-  events = trace['traceEvents'] if isinstance(trace, dict) else trace
-  op_ms = collections.Counter()
-  for event in events:
-    if event.get('ph') == 'X' and event.get('name') in categories:
-      op_ms[event['name']] += event.get('dur', 0) / 1e3 / steps
-  by_category = collections.Counter()
-  for name, ms in op_ms.items():
-    if categories[name] != 'control_flow':
-      by_category[categories[name]] += ms
-  matmul_ms = by_category.get('matmul', 0.0)
-  profile = {
-      'wall_ms_per_step': round(wall_ms, 3),
-      'ms_per_step': {k: round(v, 3) for k, v in by_category.most_common()},
-      'slowest_ops': [
-          [name, round(ms, 3), categories[name]]
-          for name, ms in op_ms.most_common()
-          if categories[name] != 'control_flow'][:8],
-      'matmul_bound_examples_per_s': (
-          round(batch_size / matmul_ms * 1e3, 1) if matmul_ms else None),
-  }
-  return state, profile
-
-
 def parse_overrides(assignments):
   """['a.b=1', 'c=lax'] -> {'a.b': 1, 'c': 'lax'} (Python literals or text)."""
   overrides = {}
@@ -355,48 +234,59 @@ def parse_overrides(assignments):
   return overrides
 
 
-def run_case(name, matmul_gflops, windows, steps_per_window, profile_dir=None,
+def run_case(name, windows, steps_per_window=None, profile_dir=None,
              extra_overrides=None):
-  spec, overrides = CASES[name]
+  case = CASES[name]
+  steps = steps_per_window or case.steps_per_window
   config = experiment_files.load_config(
-      spec, steps_per_dispatch=steps_per_window,
-      **{**overrides, **(extra_overrides or {})})
+      case.spec, steps_per_dispatch=steps,
+      **{**case.overrides, **(extra_overrides or {})})
   exp = experiment.build_experiment(config, load_data(config))
-  train_chunk, state = train_program(name, exp)
+  conv_impl = config.model.get('conv_impl', 'auto')
+  train_chunk, state = train_program(case, exp, conv_impl)
   feed = pipeline.TrainFeed(exp.dataset.train, exp.mesh, config.seed,
                             config.batch_size)
   flops = flops_per_example(exp, state, feed, train_chunk)
+  useful_flops = flops
+  if case.convolutional:
+    # The parameters are the same for every conv_impl: only the program
+    # changes.
+    lax_chunk, _ = train_program(case, exp, 'lax')
+    useful_flops = flops_per_example(exp, state, feed, lax_chunk)
   start = time.perf_counter()
-  compiled = train_chunk.lower(
-      state, *feed.chunk_args(0, steps_per_window)).compile()
+  compiled = train_chunk.lower(state, *feed.chunk_args(0, steps)).compile()
   compile_s = time.perf_counter() - start
-  state, metrics = compiled(state, *feed.chunk_args(0, steps_per_window))
+  state, metrics = compiled(state, *feed.chunk_args(0, steps))
   jax.block_until_ready(metrics)
-  rates = []
-  for window in range(1, windows + 1):
-    args = feed.chunk_args(window * steps_per_window,
-                           (window + 1) * steps_per_window)
-    start = time.perf_counter()
-    state, metrics = compiled(state, *args)
-    jax.block_until_ready(metrics)
-    rates.append(steps_per_window * config.batch_size
-                 / (time.perf_counter() - start))
-  examples_per_s = statistics.median(rates)
   # Accelerators each reach the measured rate; CPU devices (real or faked
   # with --xla_force_host_platform_device_count) share the same cores.
   parallel = (1 if jax.default_backend() == 'cpu'
               else exp.mesh.shape[sharding.DATA_AXIS])
-  roofline = parallel * matmul_gflops * 1e9 / flops
+  rates, matmul_rates, fractions = [], [], []
+  for window in range(1, windows + 1):
+    matmul_rates.append(measure_matmul_gflops(repeats=3))
+    args = feed.chunk_args(window * steps, (window + 1) * steps)
+    start = time.perf_counter()
+    state, metrics = compiled(state, *args)
+    jax.block_until_ready(metrics)
+    rates.append(steps * config.batch_size / (time.perf_counter() - start))
+    fractions.append(rates[-1] * useful_flops
+                     / (parallel * matmul_rates[-1] * 1e9))
+  examples_per_s = statistics.median(rates)
+  matmul_gflops = statistics.median(matmul_rates)
   result = {
       'name': name,
       'examples_per_s': round(examples_per_s, 1),
       'compile_s': round(compile_s, 3),
       'flops_per_example': round(flops),
+      'useful_flops_per_example': round(useful_flops),
       'matmul_gflops': round(matmul_gflops, 1),
-      'roofline_examples_per_s': round(roofline, 1),
-      'fraction_of_roofline': round(examples_per_s / roofline, 3),
+      'roofline_examples_per_s': round(
+          parallel * matmul_gflops * 1e9 / useful_flops, 1),
+      'fraction_of_roofline': round(statistics.median(fractions), 3),
       'final_loss': float(np.asarray(metrics['loss'])[-1]),
       'batch_size': config.batch_size,
+      'steps_per_window': steps,
       'devices': exp.mesh.shape[sharding.DATA_AXIS],
       'backend': jax.default_backend(),
       'host': host_description(),
@@ -404,13 +294,13 @@ def run_case(name, matmul_gflops, windows, steps_per_window, profile_dir=None,
   }
   if extra_overrides:
     result['overrides'] = extra_overrides
+  if os.environ.get('XLA_FLAGS'):
+    result['xla_flags'] = os.environ['XLA_FLAGS']
   if profile_dir:
     window = windows + 1
-    _, result['profile'] = profile_window(
-        compiled, state,
-        feed.chunk_args(window * steps_per_window,
-                        (window + 1) * steps_per_window),
-        steps_per_window, config.batch_size, os.path.join(profile_dir, name))
+    _, result['profile'] = profiling.profile_window(
+        compiled, state, feed.chunk_args(window * steps, (window + 1) * steps),
+        steps, config.batch_size, os.path.join(profile_dir, name))
   return result
 
 
@@ -420,14 +310,12 @@ def main(argv):
   if unknown:
     raise app.UsageError(f'Unknown cases {unknown}; known: {list(CASES)}.')
   extra_overrides = parse_overrides(FLAGS.set)
-  matmul_gflops = measure_matmul_gflops()
   with tempfile.TemporaryDirectory() as scratch:
     profile_dir = FLAGS.profile_dir or (scratch if FLAGS.profile else None)
     for name in FLAGS.cases:
       try:
-        result = run_case(name, matmul_gflops, FLAGS.windows,
-                          FLAGS.steps_per_window, profile_dir,
-                          extra_overrides)
+        result = run_case(name, FLAGS.windows, FLAGS.steps_per_window,
+                          profile_dir, extra_overrides)
       except errors.UserError as e:
         cli.fail(f'case {name}: {e}')
       print(json.dumps(result), flush=True)
