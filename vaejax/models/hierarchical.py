@@ -97,8 +97,13 @@ class TopDownBlock(nn.Module):
                              name=name)
 
     z_dim = self.latent_channels
-    prior = block(2 * z_dim + self.features, 'prior')(h).astype(jnp.float32)
-    prior_mean, prior_logvar = prior[..., :z_dim], prior[..., z_dim:2 * z_dim]
+    # Split, not sliced: the transpose of a split is one concatenation,
+    # that of each slice a full-size padded copy.
+    prior_mean, prior_logvar, h_update = jnp.split(
+        block(2 * z_dim + self.features, 'prior')(h), [z_dim, 2 * z_dim],
+        axis=-1)
+    prior_mean = prior_mean.astype(jnp.float32)
+    prior_logvar = prior_logvar.astype(jnp.float32)
     noise = jax.random.normal(key, prior_mean.shape)
     if bottom_up is None:
       z = prior_mean + temperature * jnp.exp(0.5 * prior_logvar) * noise
@@ -111,7 +116,7 @@ class TopDownBlock(nn.Module):
       z = (prior_mean + delta_mean
            + jnp.exp(0.5 * (prior_logvar + delta_logvar)) * noise)
       kl = residual_gaussian_kl(delta_mean, delta_logvar, prior_logvar)
-    h = h + prior[..., 2 * z_dim:].astype(h.dtype)
+    h = h + h_update.astype(h.dtype)
     init = nn.initializers.variance_scaling(
         self.output_scale ** 2, 'fan_in', 'truncated_normal')
     h = h + convolutions.conv(self.features, (1, 1), impl=self.conv_impl,
