@@ -9,14 +9,14 @@ import jax.numpy as jnp
 
 from vaejax import benchmark
 from vaejax import experiment
-from vaejax import experiment_files
+from vaejax.configs import loading
 from vaejax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_flops_per_example_of_the_mlp_vae_match_its_matmuls():
-  config = experiment_files.load_config('experiments/vae.py')
+  config = loading.load_config('experiments/vae.py')
   exp = experiment.build_experiment(
       config, benchmark.random_dataset('fashion_mnist', 512, 128))
   state = experiment.init_state(exp)

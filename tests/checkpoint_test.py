@@ -17,6 +17,7 @@ import pytest
 
 from vaejax import checkpoint
 from vaejax import errors
+from vaejax import workdir as workdir_lib
 
 # orbax's reads of truncated arrays fail in coroutines that report once more
 # after their event loop has closed.
@@ -61,12 +62,12 @@ def workdir(tmp_path):
     checkpoint.save(manager, step, make_state(step))
   checkpoint.wait_until_finished(manager)
   manager.close()
-  checkpoint.save_config(workdir, make_config())
+  workdir_lib.save_config(workdir, make_config())
   return workdir
 
 
 def step_dir(workdir, step):
-  return os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
+  return os.path.join(workdir_lib.checkpoint_dir(workdir), str(step))
 
 
 def resume(workdir, state_like=None, config=None):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vaejax import data
-from vaejax import experiment_files
+from vaejax.configs import loading
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -47,4 +47,4 @@ def tiny_config(data_dir, experiment='vae', arg='runlocal', **overrides):
   spec = f'experiments/{experiment}.py' + (f':{arg}' if arg else '')
   defaults = {'data.dir': data_dir, 'data.source': 'idx', 'batch_size': 32,
               'eval.batch_size': 32, 'eval.iwae_batch_size': 32}
-  return experiment_files.load_config(spec, **{**defaults, **overrides})
+  return loading.load_config(spec, **{**defaults, **overrides})

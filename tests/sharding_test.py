@@ -10,7 +10,8 @@ import pytest
 
 from vaejax import checkpoint
 from vaejax import experiment
-from vaejax import experiment_files
+from vaejax import stages
+from vaejax.configs import loading
 from conftest import REPO_ROOT
 from multidevice import device_env
 from multidevice import free_port
@@ -105,10 +106,10 @@ def test_two_processes_match_one_process_with_four_devices(tiny_data_dir,
     _, stderr = p.communicate(timeout=600)
     assert p.returncode == 0, stderr[-3000:]
 
-  config = experiment_files.load_config(
+  config = loading.load_config(
       'experiments/vae.py:runlocal', **{'data.dir': tiny_data_dir,
                                         'batch_size': 32})
-  exp = experiment.build_experiment(config)
+  exp = stages.build_experiment(config)
   template = experiment.init_state(exp)
   states = {}
   for name in ('single', 'multi'):

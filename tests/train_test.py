@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
-from vaejax import checkpoint
-from vaejax import evaluate
+from vaejax import evaluators
 from vaejax import experiment
+from vaejax import stages
 from vaejax import train
+from vaejax import workdir as workdir_lib
 from vaejax.data import pipeline
 from conftest import tiny_config
 
@@ -35,8 +36,8 @@ def test_runlocal_trains_and_evaluates(finished_run):
   assert int(state['step']) == config.num_train_steps
   chex.assert_tree_all_finite(state['params'])
   # A trained model is better than the untrained one it started from.
-  exp = experiment.build_experiment(config)
-  untrained_metrics = evaluate.Evaluator(exp).evaluate(
+  exp = stages.build_experiment(config)
+  untrained_metrics = evaluators.build(exp).evaluate(
       experiment.init_state(exp), 0)
   assert metrics['nll_elbo'] < untrained_metrics['nll_elbo']
   # IWAE is a tighter bound than the ELBO: its NLL is lower.
@@ -53,7 +54,7 @@ def test_workdir_outputs(finished_run):
                  if os.path.basename(p).isdigit())
   assert steps[-1] == config.num_train_steps
   assert os.path.exists(os.path.join(workdir, 'config.json'))
-  assert checkpoint.load_config_dict(workdir)['model']['name'] == 'mlp_vae'
+  assert workdir_lib.load_config_dict(workdir)['model']['name'] == 'mlp_vae'
   for name in ('reconstructions', 'samples', 'interpolations'):
     assert glob.glob(os.path.join(workdir, 'images', f'{name}_step*.png'))
   assert os.path.exists(os.path.join(workdir, 'eval', 'metrics.json'))

@@ -53,8 +53,9 @@ from vaejax import cli
 from vaejax import data as data_lib
 from vaejax import errors
 from vaejax import experiment
-from vaejax import experiment_files
+from vaejax.configs import loading
 from vaejax import sharding
+from vaejax import stages
 from vaejax import train
 from vaejax.data import pipeline
 
@@ -358,10 +359,10 @@ def parse_overrides(assignments):
 def run_case(name, matmul_gflops, windows, steps_per_window, profile_dir=None,
              extra_overrides=None):
   spec, overrides = CASES[name]
-  config = experiment_files.load_config(
+  config = loading.load_config(
       spec, steps_per_dispatch=steps_per_window,
       **{**overrides, **(extra_overrides or {})})
-  exp = experiment.build_experiment(config, load_data(config))
+  exp = stages.build_experiment(config, load_data(config))
   train_chunk, state = train_program(name, exp)
   feed = pipeline.TrainFeed(exp.dataset.train, exp.mesh, config.seed,
                             config.batch_size)
