@@ -68,9 +68,12 @@ def get_config(arg=None):
 
   config.data = ml_collections.ConfigDict(dict(
       name='fashion_mnist',
+      path=config_dict.placeholder(str),
       dir=config_dict.placeholder(str),
       source='auto',
       tfds_data_dir=config_dict.placeholder(str),
+      image_size=config_dict.placeholder(tuple),
+      test_fraction=0.1,
       validation_size=0,
       download_timeout_s=5.0,
       features=config_dict.placeholder(str),

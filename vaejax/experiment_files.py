@@ -38,12 +38,21 @@ def parse_variants(arg, known_variants, experiment_file):
 def image_data_config(variants, transform, **extra):
   """The `config.data` block shared by the image experiments: Fashion-MNIST
   (MNIST with the `mnist` variant), IDX files found automatically, TFDS as
-  the fallback."""
+  the fallback; or the user's own data (vaejax/data/loading.py)."""
   return ml_collections.ConfigDict(dict(
+      # 'fashion_mnist', 'mnist', 'npz' (a .npz file at `path`),
+      # 'image_folder' (PNG/JPEG under the folder `path`, one sub-folder per
+      # class) or the name of a prepared TFDS data set, e.g. 'cifar10'.
       name='mnist' if 'mnist' in variants else 'fashion_mnist',
+      path=config_dict.placeholder(str),
+      # IDX files of mnist / fashion_mnist; when set, the only place read.
       dir=config_dict.placeholder(str),
       source='auto',
       tfds_data_dir=config_dict.placeholder(str),
+      # (height, width) to resize every image to: --config.data.image_size=32,32
+      image_size=config_dict.placeholder(tuple),
+      # Held out for testing when the data has no test split.
+      test_fraction=0.1,
       validation_size=0,
       download_timeout_s=5.0,
       transform=transform,
