@@ -7,6 +7,7 @@ import pytest
 
 from vaejax import data
 from vaejax.configs import loading
+from vaejax.data import sources
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,3 +49,13 @@ def tiny_config(data_dir, experiment='vae', arg='runlocal', **overrides):
   defaults = {'data.dir': data_dir, 'data.source': 'idx', 'batch_size': 32,
               'eval.batch_size': 32, 'eval.iwae_batch_size': 32}
   return loading.load_config(spec, **{**defaults, **overrides})
+
+
+@pytest.fixture
+def no_real_data_locations(monkeypatch, tmp_path):
+  """Hides the machine's data (IDX directories, TFDS copies), so a test sees
+  only the data it writes."""
+  monkeypatch.delenv(sources.DATA_DIR_ENV_VAR, raising=False)
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'default_tfds'))
+  monkeypatch.setattr(sources, 'SYSTEM_DATA_ROOT',
+                      str(tmp_path / 'system_datasets'))

@@ -64,10 +64,7 @@ def check_names(config):
   transforms.TRANSFORMS.get(config.data.transform)
   optim.OPTIMIZERS.get(config.optimizer.name)
   optim.SCHEDULES.get(config.optimizer.schedule)
-  if config.data.name not in data_lib.KNOWN_DATASETS:
-    raise data_lib.DataError(
-        f'Unknown dataset {config.data.name!r}. Known datasets: '
-        f'{", ".join(sorted(data_lib.KNOWN_DATASETS))}.')
+  data_lib.check_data_config(config.data)
   common.check_ranges(config)
 
 
@@ -84,17 +81,13 @@ def check_dataset(dataset, transform_name):
     split = getattr(dataset, split_name)
     if split is None:
       continue
-    images, labels = np.asarray(split.images), np.asarray(split.labels)
+    images = np.asarray(split.images)
     where = f'{split_name} split of {dataset.source}'
     if images.shape[1:] != tuple(dataset.image_shape):
       raise data_lib.DataError(
           f'{where}: images of shape {list(images.shape)}, expected [N, '
           f'{", ".join(map(str, dataset.image_shape))}] (the data set\'s '
           f'image_shape).')
-    if labels.shape != (len(images),):
-      raise data_lib.DataError(
-          f'{where}: {len(images)} images but labels of shape '
-          f'{list(labels.shape)}; pass one label per image.')
     if transform_name != 'features' and images.dtype != np.uint8:
       raise data_lib.DataError(
           f'{where}: images are {images.dtype}, but config.data.transform='
@@ -110,6 +103,19 @@ def check_dataset(dataset, transform_name):
             f'). Remove or '
             f'repair them; for a first stage\'s features, check that the '
             f'first stage trained without diverging.')
+    if (split.labels is None) != (dataset.num_classes == 0):
+      raise data_lib.DataError(
+          f'{where}: labels are {"absent" if split.labels is None else "given"}'
+          f' but the data set has num_classes={dataset.num_classes}; an '
+          f'unlabelled data set has labels=None in every split and '
+          f'num_classes=0.')
+    if split.labels is None:
+      continue
+    labels = np.asarray(split.labels)
+    if labels.shape != (len(images),):
+      raise data_lib.DataError(
+          f'{where}: {len(images)} images but labels of shape '
+          f'{list(labels.shape)}; pass one label per image.')
     if not np.issubdtype(labels.dtype, np.integer):
       raise data_lib.DataError(
           f'{where}: labels are {labels.dtype}; pass integer class indices.')

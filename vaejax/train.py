@@ -144,8 +144,10 @@ def make_train_chunk(exp, data_on_device=True):
 
   def chunk_from_device_data(state, images, labels, indices):
     def gather_and_step(state, step_indices):
-      return train_step(state, {'image': images[step_indices],
-                                'label': labels[step_indices]})
+      batch = {'image': images[step_indices]}
+      if labels is not None:  # None: an unlabelled data set.
+        batch['label'] = labels[step_indices]
+      return train_step(state, batch)
     return lax.scan(gather_and_step, state, indices)
 
   def chunk_from_host_batches(state, batches):

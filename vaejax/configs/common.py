@@ -63,10 +63,20 @@ def data(variants, transform, **overrides):
   """`config.data`: Fashion-MNIST (MNIST with the `mnist` variant), IDX files
   found automatically, TFDS as the fallback; no first stage."""
   block = ml_collections.ConfigDict(dict(
+      # 'fashion_mnist', 'mnist', 'npz' (a .npz file at `path`),
+      # 'image_folder' (PNG/JPEG under the folder `path`, one sub-folder per
+      # class) or the name of a prepared TFDS data set, e.g. 'cifar10'
+      # (vaejax/data/loading.py).
       name='mnist' if 'mnist' in variants else 'fashion_mnist',
+      path=config_dict.placeholder(str),
+      # IDX files of mnist / fashion_mnist; when set, the only place read.
       dir=config_dict.placeholder(str),
       source='auto',
       tfds_data_dir=config_dict.placeholder(str),
+      # (height, width) to resize every image to: --config.data.image_size=32,32
+      image_size=config_dict.placeholder(tuple),
+      # Held out for testing when the data has no test split.
+      test_fraction=0.1,
       validation_size=0,
       download_timeout_s=5.0,
       transform=transform,
@@ -170,6 +180,9 @@ SAVED_CONFIG_DEFAULTS = {
     'num_devices': None,
     'checkpoints_to_keep': 3,
     'data.on_device': True,
+    'data.path': None,
+    'data.image_size': None,
+    'data.test_fraction': 0.1,
     'data.features': None,
     'data.feature_dim': 50,
     'data.features_workdir': None,
@@ -234,6 +247,7 @@ RANGES = {
     'eval_every': NON_NEGATIVE, 'checkpoint_every': NON_NEGATIVE,
     'checkpoints_to_keep': POSITIVE, 'num_devices': POSITIVE,
     'validation_size': NON_NEGATIVE, 'download_timeout_s': POSITIVE,
+    'test_fraction': UNIT_INTERVAL, 'image_size': POSITIVE,
     'feature_dim': POSITIVE,
     'latent_dim': POSITIVE, 'code_dim': POSITIVE, 'hidden_size': POSITIVE,
     'hidden_sizes': POSITIVE, 'channels': POSITIVE,

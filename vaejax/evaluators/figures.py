@@ -21,7 +21,9 @@ MANIFOLD_SIZE = 20
 
 
 def figure_inputs(evaluator, num_examples=32):
-  """(model inputs, objective keys) of the first held-out examples."""
+  """(model inputs, objective keys) of the first held-out examples (all of
+  them when the split is smaller)."""
+  num_examples = min(num_examples, len(evaluator.split.images))
   positions = jnp.arange(num_examples)
   images = jnp.asarray(evaluator.split.images[:num_examples])
   return evaluator.inputs(images, positions)
@@ -31,11 +33,13 @@ def reconstructions_figure(evaluator, variables, settings):
   """Rows of 8 held-out inputs, each row above its reconstructions."""
   del settings
   x, keys = figure_inputs(evaluator)
+  x, keys = x[:len(x) // 8 * 8 or len(x)], keys[:len(x) // 8 * 8 or len(x)]
   recon = evaluator.family.reconstruct(variables, x, keys)
-  pairs = jnp.stack([x.reshape(-1, 8, *x.shape[1:]),
-                     recon.reshape(-1, 8, *x.shape[1:])], axis=1)
+  columns = min(8, len(x))
+  pairs = jnp.stack([x.reshape(-1, columns, *x.shape[1:]),
+                     recon.reshape(-1, columns, *x.shape[1:])], axis=1)
   return {'reconstructions': image_lib.make_grid(
-      pairs.reshape(-1, *x.shape[1:]), num_columns=8)}
+      pairs.reshape(-1, *x.shape[1:]), num_columns=columns)}
 
 
 def samples_figure(evaluator, variables, settings):
