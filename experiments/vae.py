@@ -42,7 +42,7 @@ def get_config(arg=None):
       # optimiser state and the loss stay float32.
       dtype='float32',
       # Convolutions of the conv model: 'polyphase' (stride-1 rewrites,
-      # fast on CPU; vaejax/models/layers.py), 'lax' (XLA's own) or 'auto'
+      # fast on CPU; vaejax/models/convolutions.py), 'lax' (XLA's own) or 'auto'
       # (polyphase on CPU only). Same parameters and numbers either way.
       conv_impl='auto',
       image_shape=config_dict.placeholder(tuple)))

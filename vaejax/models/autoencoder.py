@@ -48,7 +48,7 @@ class ConvEncoder(nn.Module):
   code_dim: int
   hidden_size: int = 256
   code_activation: str = 'linear'
-  conv_impl: str = 'auto'  # layers.py: 'auto', 'lax' or 'polyphase'
+  conv_impl: str = 'auto'  # convolutions.py: 'auto', 'lax' or 'polyphase'
 
   @nn.compact
   def __call__(self, x):

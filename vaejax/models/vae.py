@@ -16,7 +16,7 @@ from jax.scipy.special import ndtri
 
 from vaejax import errors
 from vaejax.models import family
-from vaejax.models import layers
+from vaejax.models import convolutions
 from vaejax.objectives import distributions
 from vaejax.objectives import vae as vae_objectives
 
@@ -38,7 +38,7 @@ def conv_trunk(x, channels, hidden_size, dtype, conv_impl):
   """Stride-2 3x3 GELU convolutions `conv_<i>` -> flatten -> GELU `hidden`."""
   h = x
   for i, c in enumerate(channels):
-    h = nn.gelu(layers.conv(c, (3, 3), (2, 2), conv_impl, dtype=dtype,
+    h = nn.gelu(convolutions.conv(c, (3, 3), (2, 2), conv_impl, dtype=dtype,
                             name=f'conv_{i}')(h))
   h = h.reshape(h.shape[0], -1)
   return nn.gelu(nn.Dense(hidden_size, dtype=dtype, name='hidden')(h))
@@ -78,7 +78,7 @@ class ConvGaussianEncoder(nn.Module):
   latent_dim: int
   hidden_size: int = 256
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'  # layers.py: 'auto', 'lax' or 'polyphase'
+  conv_impl: str = 'auto'  # convolutions.py: 'auto', 'lax' or 'polyphase'
 
   @nn.compact
   def __call__(self, x):
@@ -95,7 +95,7 @@ class ConvDecoder(nn.Module):
   output_shape: Sequence[int]
   hidden_size: int = 256
   dtype: Any = jnp.float32
-  conv_impl: str = 'auto'  # layers.py: 'auto', 'lax' or 'polyphase'
+  conv_impl: str = 'auto'  # convolutions.py: 'auto', 'lax' or 'polyphase'
 
   @nn.compact
   def __call__(self, z):
@@ -108,11 +108,11 @@ class ConvDecoder(nn.Module):
                          name='to_grid')(h))
     h = h.reshape(z.shape[0], *grid)
     for i, c in enumerate(reversed(self.channels)):
-      # nn.ConvTranspose's parameters and numbers (layers.py).
-      h = nn.gelu(layers.conv_transpose(c, (3, 3), (2, 2), self.conv_impl,
+      # nn.ConvTranspose's parameters and numbers (convolutions.py).
+      h = nn.gelu(convolutions.conv_transpose(c, (3, 3), (2, 2), self.conv_impl,
                                         dtype=self.dtype,
                                         name=f'deconv_{i}')(h))
-    return layers.conv(out_channels, (3, 3), impl=self.conv_impl,
+    return convolutions.conv(out_channels, (3, 3), impl=self.conv_impl,
                        dtype=self.dtype, name='output')(h).astype(jnp.float32)
 
 
@@ -208,9 +208,9 @@ def compute_dtype(config):
 
 def conv_impl(config):
   """`config.conv_impl` resolved for this backend: how convolutions run
-  (layers.py), 'lax' or 'polyphase'."""
+  (convolutions.py), 'lax' or 'polyphase'."""
   try:
-    return layers.resolve_conv_impl(config.conv_impl)
+    return convolutions.resolve_conv_impl(config.conv_impl)
   except ValueError as e:
     raise errors.ConfigError(
         f"config.model.{e} ('auto' picks the fast one for the backend)."

@@ -20,7 +20,7 @@ passed to flax's `nn.Conv`) rewrites them with the same numbers:
 `conv(...)` and `conv_transpose(...)` return flax `nn.Conv` modules with the
 parameters of `nn.Conv` / `nn.ConvTranspose` (same names, shapes and
 initialisers, so checkpoints are interchangeable) and their outputs and
-gradients to float rounding (tests/layers_test.py); `impl` chooses:
+gradients to float rounding (tests/convolutions_test.py); `impl` chooses:
   'lax'        XLA's own convolutions;
   'polyphase'  the rewrite above;
   'auto'       'polyphase' on CPU, 'lax' on GPU and TPU (cuDNN and the TPU

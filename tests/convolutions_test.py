@@ -1,4 +1,5 @@
-"""vaejax/models/layers.py: convolutions as stride-1 convolutions and matmuls.
+"""vaejax/models/convolutions.py: convolutions as stride-1 convolutions
+and matmuls.
 
 Every case is checked against XLA's own convolution (`lax` / flax's
 nn.Conv and nn.ConvTranspose): outputs and both gradients.
@@ -14,7 +15,7 @@ from jax import lax
 
 from vaejax import errors
 from vaejax.models import autoencoder
-from vaejax.models import layers
+from vaejax.models import convolutions
 from vaejax.models import vae as vae_models
 from vaejax.objectives import likelihoods
 from vaejax.configs import common
@@ -64,14 +65,14 @@ STRIDED = [
 def test_strided_conv_matches_nn_conv(features, kernel, strides, shape):
   _assert_same_numbers(
       nn.Conv(features, kernel, strides=strides),
-      layers.conv(features, kernel, strides, impl='polyphase'), shape)
+      convolutions.conv(features, kernel, strides, impl='polyphase'), shape)
 
 
 @pytest.mark.parametrize('padding', ['SAME', 'VALID', [(2, 0), (0, 3)]])
 def test_unit_stride_conv_matches_nn_conv(padding):
   _assert_same_numbers(
       nn.Conv(3, (3, 2), padding=padding),
-      layers.conv(3, (3, 2), padding=padding, impl='polyphase'),
+      convolutions.conv(3, (3, 2), padding=padding, impl='polyphase'),
       (2, 9, 8, 4))
 
 
@@ -80,7 +81,7 @@ def test_conv_transpose_matches_nn_conv_transpose(features, kernel, strides,
                                                   shape):
   _assert_same_numbers(
       nn.ConvTranspose(features, kernel, strides=strides),
-      layers.conv_transpose(features, kernel, strides, impl='polyphase'),
+      convolutions.conv_transpose(features, kernel, strides, impl='polyphase'),
       shape)
 
 
@@ -88,7 +89,7 @@ def test_conv_transpose_with_lax_impl_is_nn_conv_transpose_exactly():
   x = jax.random.normal(jax.random.key(1), (2, 7, 7, 8))
   reference = nn.ConvTranspose(4, (3, 3), strides=(2, 2))
   variables = reference.init(jax.random.key(0), x)
-  module = layers.conv_transpose(4, (3, 3), (2, 2), impl='lax')
+  module = convolutions.conv_transpose(4, (3, 3), (2, 2), impl='lax')
   np.testing.assert_array_equal(module.apply(variables, x),
                                 reference.apply(variables, x))
 
@@ -104,7 +105,7 @@ def test_unsupported_convolutions_fall_back_to_lax():
                       window_strides=(1, 1))):
     strides = kwargs.pop('window_strides')
     np.testing.assert_array_equal(
-        layers.polyphase_conv_general_dilated(
+        convolutions.polyphase_conv_general_dilated(
             x, kernel, strides, 'SAME', dimension_numbers=numbers, **kwargs),
         lax.conv_general_dilated(
             x, kernel, strides, 'SAME', dimension_numbers=numbers, **kwargs))
@@ -112,8 +113,8 @@ def test_unsupported_convolutions_fall_back_to_lax():
 
 def test_phase_taps_cover_every_kernel_tap_once():
   for kernel_size, dilation in [(3, 2), (4, 3), (2, 3), (5, 2)]:
-    before, _ = layers.conv_transpose_padding(kernel_size, dilation)
-    selection, _ = layers._phase_taps(kernel_size, dilation, before)
+    before, _ = convolutions.conv_transpose_padding(kernel_size, dilation)
+    selection, _ = convolutions._phase_taps(kernel_size, dilation, before)
     np.testing.assert_array_equal(selection.sum(axis=(0, 1)),
                                   np.ones(kernel_size))
 
@@ -149,15 +150,15 @@ def test_unknown_conv_impl_is_a_config_error():
 
 def test_auto_picks_polyphase_on_cpu_only():
   expected = 'polyphase' if jax.default_backend() == 'cpu' else 'lax'
-  assert layers.resolve_conv_impl('auto') == expected
-  assert layers.resolve_conv_impl('lax') == 'lax'
+  assert convolutions.resolve_conv_impl('auto') == expected
+  assert convolutions.resolve_conv_impl('lax') == 'lax'
 
 
 def test_forward_mode_matches_nn_conv_transpose():
   """jvp (used by the contractive penalty) through the custom rule."""
   x = jax.random.normal(jax.random.key(1), (2, 5, 6, 4))
   reference = nn.ConvTranspose(3, (3, 3), strides=(2, 2))
-  module = layers.conv_transpose(3, (3, 3), (2, 2), impl='polyphase')
+  module = convolutions.conv_transpose(3, (3, 3), (2, 2), impl='polyphase')
   variables = reference.init(jax.random.key(0), x)
   tangents = jax.tree.map(lambda a: jnp.cos(a) + 0.5, (variables, x))
   expected = jax.jvp(reference.apply, (variables, x), tangents)
