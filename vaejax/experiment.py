@@ -72,7 +72,8 @@ def check_names(config):
   if config.data.name not in data_lib.KNOWN_DATASETS:
     raise data_lib.DataError(
         f'Unknown dataset {config.data.name!r}. Known datasets: '
-        f'{", ".join(sorted(data_lib.KNOWN_DATASETS))}.')
+        f'{", ".join(sorted(data_lib.KNOWN_DATASETS))}. Set config.data.name '
+        f'in the experiment file or with --config.data.name=NAME.')
   for name in ('batch_size', 'num_train_steps', 'steps_per_dispatch'):
     if config[name] <= 0:
       raise errors.ConfigError(
