@@ -5,12 +5,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from vaejax import errors
-from vaejax import train
 from conftest import REPO_ROOT
-from conftest import tiny_config
 
 
 def run_main(*args, timeout=300):
@@ -45,7 +40,8 @@ def test_cli_runs_and_rerun_resumes(tiny_data_dir, tmp_path):
 def test_mistyped_override_names_the_key(tmp_path):
   result = run_main('--config', 'experiments/vae.py:runlocal', '--workdir',
                     str(tmp_path), '--config.model.latnt_dim=3')
-  assert_clean_failure(result, 'latnt_dim', 'latent_dim')
+  assert_clean_failure(result, 'latnt_dim', 'Did you mean "latent_dim"',
+                       'overrides given: --config.model.latnt_dim=3')
   assert not os.listdir(tmp_path)
 
 
@@ -73,33 +69,3 @@ def test_missing_data_fails_fast_with_what_was_tried(tmp_path):
                        'is not a directory', 'leave data.dir unset')
   assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
 
-
-@pytest.mark.parametrize('key, value, known', [
-    ('model.name', 'mlp_vea', 'mlp_vae'),
-    ('objective.name', 'elbow', 'iwae'),
-    ('objective.likelihood', 'poisson', 'bernoulli'),
-    ('data.transform', 'binarize', 'dynamic_binarize'),
-    ('optimizer.name', 'adamm', 'adam'),
-    ('data.name', 'cifar', 'fashion_mnist'),
-])
-def test_unknown_names_list_the_known_ones(tmp_path, key, value, known):
-  # The data directory does not exist: the name check must come first.
-  config = tiny_config(str(tmp_path / 'no_data'), **{key: value})
-  with pytest.raises(Exception) as info:
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
-  assert value in str(info.value) and known in str(info.value)
-  assert not os.path.exists(tmp_path / 'w')
-
-
-def test_image_shape_mismatch_names_both_shapes(tiny_data_dir, tmp_path):
-  config = tiny_config(tiny_data_dir, **{'model.image_shape': (32, 32, 3)})
-  with pytest.raises(errors.ConfigError, match=r'\(32, 32, 3\).*\(28, 28, 1\)'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
-  assert not os.path.exists(tmp_path / 'w')
-
-
-def test_conv_model_rejects_indivisible_shape(tiny_data_dir, tmp_path):
-  config = tiny_config(tiny_data_dir, arg='conv,runlocal',
-                       **{'model.channels': (8, 8, 8)})
-  with pytest.raises(errors.ConfigError, match=r'divisible by 8.*\(28, 28, 1\)'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
