@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from vaejax import benchmark
+from vaejax import benchmark_profile
 from vaejax import experiment
 from vaejax.configs import loading
 from vaejax.data import pipeline
@@ -42,7 +43,7 @@ def test_op_categories_finds_matmuls_random_ops_and_scopes():
 
   args = (jnp.ones((8, 16)), jnp.ones((16, 4)), jax.random.key(0))
   compiled = jax.jit(step).lower(*args).compile()
-  categories = benchmark.op_categories(compiled.as_text())
+  categories = benchmark_profile.op_categories(compiled.as_text())
   found = set(categories.values())
   assert {'matmul', 'random', 'optimizer'} <= found, categories
 

@@ -19,7 +19,8 @@ LAYERS = (
     ('evaluation', ('evaluators',)),
     ('stages', ('stages',)),
     ('train loop', ('train', 'faults')),
-    ('commands', ('main', 'evaluate', 'soak', 'benchmark', 'cli')),
+    ('commands', ('main', 'evaluate', 'soak', 'benchmark',
+                  'benchmark_profile', 'cli')),
 )
 
 
