@@ -132,7 +132,7 @@ def trained_stage(config, dataset):
     return evaluator.representations(trained.variables, images)
 
   return FirstStage(extract, (
-      f'representations of the {trained.exp.config.model.name} in {workdir} '
+      f'latent means of the {trained.exp.config.model.name} in {workdir} '
       f'(step {trained.step})'), trained)
 
 

@@ -48,7 +48,8 @@ def unknown_name_message(name: str, known: list[str]) -> str:
   close = difflib.get_close_matches(name, known + tfds_names(), n=3)
   hint = f' Did you mean {" or ".join(map(repr, close))}?' if close else ''
   return (f'Unknown data set name {name!r}: it is not one of '
-          f'{", ".join(known)} nor a TFDS data set.{hint}')
+          f'{", ".join(known)} nor a TFDS data set.{hint} Set config.data.name '
+          f'in the experiment file or with --config.data.name=NAME.')
 
 
 def _read_examples(builder, split: str) -> list[dict]:
