@@ -57,7 +57,10 @@ CORRUPTION_LEVELS = {
 
 def get_config(arg=None):
   variants = common.parse_variants(arg, KNOWN_VARIANTS, 'experiments/ae.py')
-  value = lambda name, default: common.variant_value(variants, name, default)
+
+  def value(name, default):
+    return common.variant_value(variants, name, default)
+
   config = ml_collections.ConfigDict()
   steps_per_epoch = 60_000 // 128
   common.training(config, batch_size=128, num_train_steps=5 * steps_per_epoch,

@@ -33,9 +33,10 @@ def reconstructions_figure(evaluator, variables, settings):
   """Rows of 8 held-out inputs, each row above its reconstructions."""
   del settings
   x, keys = figure_inputs(evaluator)
-  x, keys = x[:len(x) // 8 * 8 or len(x)], keys[:len(x) // 8 * 8 or len(x)]
-  recon = evaluator.family.reconstruct(variables, x, keys)
   columns = min(8, len(x))
+  # Whole rows only.
+  x, keys = x[:len(x) // columns * columns], keys[:len(x) // columns * columns]
+  recon = evaluator.family.reconstruct(variables, x, keys)
   pairs = jnp.stack([x.reshape(-1, columns, *x.shape[1:]),
                      recon.reshape(-1, columns, *x.shape[1:])], axis=1)
   return {'reconstructions': image_lib.make_grid(

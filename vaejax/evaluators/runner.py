@@ -186,20 +186,12 @@ class Evaluator:
 
     Figures pass on_all_devices=False (see `map_local`).
     """
-    def represent(variables, images, positions):
-      x, _ = self.inputs(images, positions)
-      return self.family.represent(variables, x)
-
-    represent = self._cached('represent', represent)
     run = self.map_split if on_all_devices else self.map_local
-    return run(represent, variables, images)
+    return run(self._represent, variables, images)
 
-  def _cached(self, name, fn):
-    """One function object per name, so its compilation is reused."""
-    key = ('fn', name)
-    if key not in self._compiled:
-      self._compiled[key] = fn
-    return self._compiled[key]
+  def _represent(self, variables, images, positions):
+    x, _ = self.inputs(images, positions)
+    return self.family.represent(variables, x)
 
   def eval_labels(self, images):
     """The labels of `images` from `eval_images` (a prefix of the split)."""
