@@ -134,5 +134,5 @@ def test_set_with_a_mistyped_key_says_which_key_was_meant():
        '--set=model.conv_imp=lax'],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
-  assert 'Did you mean "conv_impl"' in result.stderr
+  assert 'Did you mean model.conv_impl?' in result.stderr
   assert not result.stdout

@@ -70,6 +70,25 @@ README_ROWS = {
     '`python -m vaejax.evaluate` on an empty workdir': [
         'evaluate_test::'
         'test_empty_workdir_fails_cleanly_without_creating_files'],
+    'experiment file that does not exist (`--config experiments/nope.py`)': [
+        'test_experiment_file_that_does_not_exist'],
+    'a numeric setting out of range (`--config.optimizer.learning_rate=-1`, '
+    '`--config.model.latent_dim=0`; every numeric key of every experiment '
+    'file is tried)': [
+        'config_ranges_test::'
+        'test_a_negative_learning_rate_is_rejected_by_the_command',
+        'config_ranges_test::'
+        'test_each_numeric_setting_has_a_range_and_a_bad_value_fails_at_start'],
+    '`--config.eval.iwae_samples` not a multiple of `eval.iwae_chunk`': [
+        'test_iwae_samples_not_a_multiple_of_the_chunk',
+        'evaluate_test::test_k_that_chunks_do_not_divide_is_refused'],
+    'a data directory or file you named that holds no data '
+    '(`--config.data.dir=/nonexistent`)': [
+        'main_test::test_missing_data_fails_fast_with_what_was_tried',
+        'data_test::test_config_dir_without_files_is_an_error_not_a_fallback'],
+    'an evaluation the model family cannot do (samples of an autoencoder), '
+    'or that needs labels the data lacks': [
+        'test_evaluations_a_run_cannot_do_are_skipped_with_the_reason'],
 }
 
 
@@ -334,3 +353,49 @@ def test_diverging_run(tiny_data_dir, copied_workdir):
                    r'at step (2[1-9]|[3-5]\d|60)\.', result.stderr), (
                        result.stderr[-5000:])
   assert checkpoint_files(copied_workdir) == before  # nothing saved after it
+
+
+def test_experiment_file_that_does_not_exist(tmp_path):
+  result = run_module('vaejax.main', '--config', 'experiments/nope.py',
+                      '--workdir', str(tmp_path / 'w'))
+  assert_clean_failure(result, "'experiments/nope.py' not found",
+                       'The experiment files are in experiments/.')
+  assert 'config_config' not in result.stderr
+  assert not (tmp_path / 'w').exists()
+
+
+def test_iwae_samples_not_a_multiple_of_the_chunk(tiny_data_dir, tmp_path):
+  # runlocal draws IWAE samples in chunks of 25: refused before training.
+  result = run_main(tmp_path / 'w', '--config.eval.iwae_samples=30',
+                    data_dir=tiny_data_dir)
+  assert_clean_failure(result, 'config.eval.iwae_samples=30',
+                       'config.eval.iwae_chunk=25', '--config.eval.iwae_chunk')
+  assert not (tmp_path / 'w').exists()
+
+
+def test_evaluations_a_run_cannot_do_are_skipped_with_the_reason(tmp_path):
+  """An autoencoder cannot sample and unlabelled data has no probe: both are
+  one log line each, and the rest of the evaluation runs."""
+  images = np.random.default_rng(0).integers(0, 256, (320, 16, 16), np.uint8)
+  np.savez(tmp_path / 'unlabelled.npz', images=images)
+  workdir = tmp_path / 'w'
+  result = run_module(
+      'vaejax.main', '--config', 'experiments/ae.py:runlocal', '--workdir',
+      str(workdir), '--config.data.name=npz',
+      f'--config.data.path={tmp_path / "unlabelled.npz"}',
+      '--config.batch_size=16', '--config.eval.batch_size=16',
+      '--config.num_train_steps=4', '--config.steps_per_dispatch=2',
+      "--config.eval.figures=('samples', 'reconstructions')",
+      "--config.eval.extras=('linear_probe', 'denoising')")
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert ("Skipping the figure 'samples': mlp_autoencoder cannot sample"
+          in result.stderr), result.stderr[-5000:]
+  assert ("Skipping the evaluation 'linear_probe': .npz file "
+          f"{tmp_path / 'unlabelled.npz'} has no class labels"
+          in result.stderr), result.stderr[-5000:]
+  with open(workdir / 'eval' / 'metrics.json') as f:
+    metrics = json.load(f)
+  assert 'psnr_denoised_gaussian_0.3' in metrics
+  assert not any(key.startswith('probe') for key in metrics)
+  assert os.listdir(workdir / 'images') == [
+      'reconstructions_step0000004.png']

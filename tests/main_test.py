@@ -40,8 +40,10 @@ def test_cli_runs_and_rerun_resumes(tiny_data_dir, tmp_path):
 def test_mistyped_override_names_the_key(tmp_path):
   result = run_main('--config', 'experiments/vae.py:runlocal', '--workdir',
                     str(tmp_path), '--config.model.latnt_dim=3')
-  assert_clean_failure(result, 'latnt_dim', 'Did you mean "latent_dim"',
-                       'overrides given: --config.model.latnt_dim=3')
+  assert_clean_failure(result, '--config.model.latnt_dim=3:',
+                       'no key model.latnt_dim',
+                       'Did you mean model.latent_dim?')
+  assert "''" not in result.stderr, result.stderr  # no nested quotes
   assert not os.listdir(tmp_path)
 
 

@@ -196,7 +196,8 @@ def test_mixture_classifier_in_the_loop(tmp_path):
 def test_pca_features_match_numpy(tiny_data_dir):
   config = loading.load_config(
       'experiments/gmm.py', **{'data.dir': tiny_data_dir,
-                               'data.source': 'idx', 'data.feature_dim': 5})
+                               'data.source': 'idx', 'data.feature_dim': 5,
+                               'batch_size': 256})
   images = data.load_dataset(config.data)
   projected = stages.build_experiment(config, images).dataset
 

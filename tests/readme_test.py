@@ -33,8 +33,15 @@ def test_run_command_trains_the_default_experiment():
   assert 'python -m vaejax.main --config experiments/vae.py --workdir' in run[0]
 
 
+# The bad-input table's example of an experiment file that does not exist.
+MISSING_ON_PURPOSE = 'experiments/nope.py'
+
+
 def test_every_experiment_file_named_in_the_readme_exists():
-  for path in set(re.findall(r'experiments/\w+\.py', README)):
+  named = set(re.findall(r'experiments/\w+\.py', README))
+  assert MISSING_ON_PURPOSE in named
+  assert not (REPO_ROOT / MISSING_ON_PURPOSE).exists()
+  for path in named - {MISSING_ON_PURPOSE}:
     assert (REPO_ROOT / path).exists(), path
 
 

@@ -137,7 +137,7 @@ def test_host_feed_trains_the_same_model(tiny_data_dir, tmp_path):
 def matmul_operand_dtypes(config):
   """The operand types ('bf16', 'f32') of every matmul and convolution in
   the program of one train step."""
-  exp = experiment.build_experiment(config)
+  exp = stages.build_experiment(config)
   state = experiment.init_state(exp)
   feed = pipeline.TrainFeed(exp.dataset.train, exp.mesh, config.seed,
                             config.batch_size)

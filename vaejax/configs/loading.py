@@ -26,9 +26,10 @@ def resolve_path(path):
   candidate = REPO_ROOT / path
   if candidate.exists():
     return candidate
+  places = sorted({os.getcwd(), str(REPO_ROOT)})
   raise errors.ConfigError(
-      f'Experiment file {path!r} not found (looked in {os.getcwd()} and '
-      f'{REPO_ROOT}). Pass a path like experiments/vae.py.')
+      f'Experiment file {path!r} not found (looked in '
+      f'{" and ".join(places)}). Pass a path like experiments/vae.py.')
 
 
 def missing_key(config, key):

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from vaejax.analysis import gmm
-from vaejax.analysis import mixture_classifier
+from vaejax.analysis import mixture_classifier as classifier_lib
 from vaejax import errors
 from vaejax.models import family
 from vaejax.objectives.mixture import LABEL_MODEL
@@ -82,7 +82,7 @@ class MixtureClassifierModel(nn.Module):
   π, μ and σ² come from diagonal EM statistics (σ_k² is the mean of the
   diagonal variances). The logistic weights have no closed-form M-step, so
   they are state of their own (collection `label_model`), together with the
-  Adam state that `mixture_classifier.label_weights_m_step` carries between
+  Adam state that `analysis.mixture_classifier.label_weights_m_step` carries between
   M-steps.
   """
   num_components: int
@@ -99,13 +99,13 @@ class MixtureClassifierModel(nn.Module):
         LABEL_MODEL, 'label_weights', lambda: label_parameters[1]).value
     self.optimizer_state = self.variable(
         LABEL_MODEL, 'optimizer_state',
-        lambda: mixture_classifier.init_label_optimizer_state(
+        lambda: classifier_lib.init_label_optimizer_state(
             label_parameters)).value
 
-  def classifier(self) -> mixture_classifier.MixtureClassifier:
+  def classifier(self) -> classifier_lib.MixtureClassifier:
     """π, μ, σ² by the closed-form M-step, and the current label weights."""
     mixture = gmm.m_step_from_statistics(self.statistics, self.reg_covar)
-    return mixture_classifier.MixtureClassifier(
+    return classifier_lib.MixtureClassifier(
         log_weights=mixture.log_weights, means=mixture.means,
         variances=jnp.mean(mixture.covariances, axis=1),
         label_biases=self.label_biases, label_weights=self.label_weights)
@@ -115,7 +115,7 @@ class MixtureClassifierModel(nn.Module):
 
   def predict_proba(self, x):
     """[B] P(Y=1 | X = x)."""
-    return mixture_classifier.predict_proba(self.classifier(), x)
+    return classifier_lib.predict_proba(self.classifier(), x)
 
   def __call__(self, x):
     """[B] log p(x) under the X-part of the model (the label unknown)."""
