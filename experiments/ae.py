@@ -1,6 +1,6 @@
 r"""Deterministic autoencoders on Fashion-MNIST (pixels scaled to [0, 1]).
 
-  python -m vaejax.main --config experiments/ae.py --workdir /tmp/ae
+  python -m vaejax.main --config experiments/ae.py --workdir workdirs/ae
 
 Variants, comma-separated after a colon and combinable:
   loss=<name>          reconstruction loss: mse (default), mae, smooth_l1, bce
@@ -40,7 +40,8 @@ of one forward-mode pass. The README's table lists every variant.
 import ml_collections
 from ml_collections import config_dict
 
-from vaejax import experiment_files
+from vaejax import errors
+from vaejax.configs import common
 
 KNOWN_VARIANTS = ('loss', 'beta', 'sparse', 'denoising', 'noise',
                   'contractive', 'projections', 'conv', 'linear', 'code',
@@ -54,37 +55,33 @@ CORRUPTION_LEVELS = {
 }
 
 
-
-def _value(variants, name, default):
-  """A variant's value, or `default` when given bare (`sparse`) or absent."""
-  value = variants.get(name, True)
-  return default if value is True else type(default)(value)
-
-
 def get_config(arg=None):
-  variants = experiment_files.parse_variants(arg, KNOWN_VARIANTS,
-                                             'experiments/ae.py')
-  config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.num_devices = config_dict.placeholder(int)
+  variants = common.parse_variants(arg, KNOWN_VARIANTS, 'experiments/ae.py')
 
-  config.data = experiment_files.image_data_config(variants, 'scale')
+  def value(name, default):
+    return common.variant_value(variants, name, default)
+
+  config = ml_collections.ConfigDict()
+  steps_per_epoch = 60_000 // 128
+  common.training(config, batch_size=128, num_train_steps=5 * steps_per_epoch,
+                  eval_every=steps_per_epoch)
+  config.data = common.data(variants, 'scale')
 
   config.model = ml_collections.ConfigDict(dict(
       name='conv_autoencoder' if 'conv' in variants else 'mlp_autoencoder',
       hidden_sizes=() if 'linear' in variants else (512,),
-      code_dim=_value(variants, 'code', 32),
+      code_dim=value('code', 32),
       code_activation='relu' if 'sparse' in variants else 'linear',
       channels=(32, 64), hidden_size=256,
       conv_impl='auto',  # how convolutions run; see experiments/vae.py
       image_shape=config_dict.placeholder(tuple)))
 
-  loss = _value(variants, 'loss', 'mse')
-  corruption = _value(variants, 'denoising', 'gaussian')
+  loss = value('loss', 'mse')
+  corruption = value('denoising', 'gaussian')
   if corruption not in CORRUPTION_LEVELS:
-    raise ValueError(f'Unknown corruption {corruption!r} in '
-                     f'experiments/ae.py:{arg}. Known: '
-                     f'{sorted(CORRUPTION_LEVELS)}.')
+    raise errors.ConfigError(
+        f'Unknown corruption {corruption!r} in experiments/ae.py:{arg}. '
+        f'Known: {", ".join(sorted(CORRUPTION_LEVELS))}.')
   training_level, eval_levels = CORRUPTION_LEVELS[corruption]
   if 'denoising' not in variants:
     training_level = 0.0
@@ -93,48 +90,24 @@ def get_config(arg=None):
       loss=loss,
       # The likelihood's mean shows the decoder output as an image: the
       # sigmoid of BCE logits, the output itself for the other losses.
-      likelihood='bernoulli' if loss == 'bce' else 'gaussian',
-      smooth_l1_beta=_value(variants, 'beta', 0.1),
-      sparsity_weight=(_value(variants, 'sparse', 1e-2)
-                       if 'sparse' in variants else 0.0),
+      **common.likelihood('bernoulli' if loss == 'bce' else 'gaussian'),
+      smooth_l1_beta=value('beta', 0.1),
+      sparsity_weight=value('sparse', 1e-2) if 'sparse' in variants else 0.0,
       near_zero_threshold=1e-2,
       corruption=corruption,
-      corruption_level=_value(variants, 'noise', training_level),
-      contractive_weight=(_value(variants, 'contractive', 1e-3)
+      corruption_level=value('noise', training_level),
+      contractive_weight=(value('contractive', 1e-3)
                           if 'contractive' in variants else 0.0),
       contractive_estimator=('random_projection' if 'projections' in variants
                              else 'exact'),
-      num_projections=_value(variants, 'projections', 1),
+      num_projections=value('projections', 1),
   ))
-
-  config.optimizer = ml_collections.ConfigDict(dict(
-      name='adam', learning_rate=1e-3, schedule='constant', warmup_steps=0,
-      grad_clip_norm=0.0, b1=0.9, b2=0.999))
-
-  config.batch_size = 128
-  steps_per_epoch = 60_000 // config.batch_size
-  config.num_train_steps = 5 * steps_per_epoch
-  config.steps_per_dispatch = 100
-  config.log_every = 500
-  config.eval_every = steps_per_epoch
-  config.checkpoint_every = 2000
-  config.checkpoints_to_keep = 3
-
-  config.eval = ml_collections.ConfigDict(dict(
-      split='test', batch_size=500, quick_examples=2000,
-      max_examples=config_dict.placeholder(int),
+  config.optimizer = common.optimizer()
+  config.eval = common.evaluation(
       denoising_levels=eval_levels,
-      probe_train_examples=10_000,
       extras=('diagnostics', 'denoising', 'linear_probe'),
-      figures=('reconstructions', 'interpolations', 'denoising')))
+      figures=('reconstructions', 'interpolations', 'denoising'))
 
   if 'runlocal' in variants:
-    config.num_train_steps = 20
-    config.steps_per_dispatch = 10
-    config.log_every = 10
-    config.eval_every = 0
-    config.checkpoint_every = 10
-    config.eval.max_examples = 1000
-    config.eval.batch_size = 200
-    config.eval.probe_train_examples = 1000
+    common.runlocal(config)
   return config

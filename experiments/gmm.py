@@ -1,6 +1,6 @@
-r"""Gaussian mixtures fitted by EM on Fashion-MNIST features (SPEC §5).
+r"""Gaussian mixtures fitted by EM on Fashion-MNIST features.
 
-  python -m vaejax.main --config experiments/gmm.py --workdir /tmp/gmm
+  python -m vaejax.main --config experiments/gmm.py --workdir workdirs/gmm
 
 Each train step is one EM iteration on the whole training set (batch_size =
 number of training examples), through the one train loop: the model's state
@@ -19,10 +19,10 @@ Variants, comma-separated after a colon and combinable:
   runlocal            a few EM iterations: finishes in seconds
 
   python -m vaejax.main --config experiments/gmm.py:covariance=full \
-      --workdir /tmp/gmm_full
+      --workdir workdirs/gmm_full
   python -m vaejax.main \
-      --config experiments/gmm.py:features=vae,workdir=/tmp/vae \
-      --workdir /tmp/gmm_vae
+      --config experiments/gmm.py:features=vae,workdir=workdirs/vae \
+      --workdir workdirs/gmm_vae
   python -m vaejax.main --config experiments/gmm.py:classifier --workdir W
 
 Measured on Fashion-MNIST (10 components, 100 EM iterations, 2-core CPU):
@@ -41,7 +41,8 @@ and the classifier's test accuracy (logistic regression on the same features):
 import ml_collections
 from ml_collections import config_dict
 
-from vaejax import experiment_files
+from vaejax import errors
+from vaejax.configs import common
 
 KNOWN_VARIANTS = ('features', 'workdir', 'covariance', 'classifier',
                   'runlocal')
@@ -50,45 +51,37 @@ NUM_TRAIN_EXAMPLES = 60_000
 TOPS = (0, 2, 4, 6)  # T-shirt/top, Pullover, Coat, Shirt.
 
 
-
 def get_config(arg=None):
-  variants = experiment_files.parse_variants(arg, KNOWN_VARIANTS,
-                                             'experiments/gmm.py')
+  variants = common.parse_variants(arg, KNOWN_VARIANTS, 'experiments/gmm.py')
   features = variants.get('features', 'pca')
   if features not in FEATURE_EXTRACTORS:
-    raise ValueError(f'Unknown features={features} in experiments/gmm.py:'
-                     f'{arg}. Known: {", ".join(FEATURE_EXTRACTORS)}.')
+    raise errors.ConfigError(
+        f'Unknown features={features} in experiments/gmm.py:{arg}. Known: '
+        f'{", ".join(FEATURE_EXTRACTORS)}.')
   if features == 'vae' and 'workdir' not in variants:
-    raise ValueError('experiments/gmm.py:features=vae needs workdir=<the '
-                     'workdir of a trained VAE>.')
+    raise errors.ConfigError(
+        'experiments/gmm.py:features=vae needs workdir=<the workdir of a '
+        'trained VAE>, e.g. experiments/gmm.py:features=vae,workdir=W.')
 
   config = ml_collections.ConfigDict()
-  config.seed = 0
-  config.num_devices = config_dict.placeholder(int)
-
-  config.data = ml_collections.ConfigDict(dict(
-      name='fashion_mnist',
-      dir=config_dict.placeholder(str),
-      source='auto',
-      tfds_data_dir=config_dict.placeholder(str),
-      validation_size=0,
-      download_timeout_s=5.0,
-      features=config_dict.placeholder(str),
-      feature_dim=50,
-      features_workdir=config_dict.placeholder(str),
-      transform='features',
-  ))
-  config.data.features = FEATURE_EXTRACTORS[features]
-  if 'workdir' in variants:
-    config.data.features_workdir = variants['workdir']
+  # Full-batch EM: one step is one EM iteration over every training example.
+  # A smaller batch would run EM on each minibatch in turn, which is not EM.
+  common.training(config, batch_size=NUM_TRAIN_EXAMPLES, num_train_steps=100,
+                  eval_every=0, steps_per_dispatch=10, log_every=10,
+                  checkpoint_every=50, checkpoints_to_keep=2)
+  config.data = common.data(
+      variants, 'features', features=FEATURE_EXTRACTORS[features],
+      features_workdir=variants.get('workdir'))
 
   config.model = ml_collections.ConfigDict(dict(
       name='gaussian_mixture', num_components=10,
-      covariance_type=variants.get('covariance', 'diag'), reg_covar=1e-6))
+      covariance_type=variants.get('covariance', 'diag'), reg_covar=1e-6,
+      image_shape=config_dict.placeholder(tuple)))
   config.objective = ml_collections.ConfigDict(dict(
       name='em_gmm',
-      # Read only by the registry check: the mixture is its own likelihood.
-      likelihood='gaussian',
+      # The mixture is its own likelihood; these keys only complete the
+      # schema.
+      **common.likelihood('gaussian'),
   ))
   if 'classifier' in variants:
     config.model.name = 'mixture_classifier'
@@ -98,25 +91,12 @@ def get_config(arg=None):
     config.objective.label_learning_rate = 0.05
 
   # EM has no gradient parameters: the optimiser updates an empty tree.
-  config.optimizer = ml_collections.ConfigDict(dict(
-      name='sgd', learning_rate=0.0, schedule='constant', momentum=0.0))
-
-  # Full-batch EM: one step is one EM iteration over every training example.
-  # A smaller batch would run EM on each minibatch in turn, which is not EM.
-  config.batch_size = NUM_TRAIN_EXAMPLES
-  config.num_train_steps = 100
-  config.steps_per_dispatch = 10
-  config.log_every = 10
-  config.eval_every = 0
-  config.checkpoint_every = 50
-  config.checkpoints_to_keep = 2
-
-  config.eval = ml_collections.ConfigDict(dict(
-      split='test', batch_size=1000, quick_examples=2000,
-      max_examples=config_dict.placeholder(int),
-      extras=('mixture_classifier_accuracy',) if 'classifier' in variants
-      else ('mixture_cluster_accuracy',),
-      figures=()))
+  config.optimizer = common.optimizer(name='sgd', learning_rate=0.0,
+                                      momentum=0.0)
+  config.eval = common.evaluation(
+      batch_size=1000,
+      extras=(('mixture_classifier_accuracy',) if 'classifier' in variants
+              else ('mixture_cluster_accuracy',)))
 
   if 'runlocal' in variants:
     config.num_train_steps = 10

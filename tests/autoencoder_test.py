@@ -18,7 +18,7 @@ import pytest
 
 from vaejax import data
 from vaejax import errors
-from vaejax import experiment_files
+from vaejax.configs import loading
 from vaejax import models
 from vaejax import registry
 from vaejax import train
@@ -34,13 +34,14 @@ def ae_config(data_dir, arg='runlocal', **overrides):
   """experiments/ae.py:<arg> on the tiny IDX data set, with overrides."""
   defaults = {'data.dir': data_dir, 'data.source': 'idx', 'batch_size': 32,
               'eval.batch_size': 32}
-  return experiment_files.load_config(f'experiments/ae.py:{arg}',
+  return loading.load_config(f'experiments/ae.py:{arg}',
                                       **{**defaults, **overrides})
 
 
 def objective_config(**fields):
-  config = ml_collections.ConfigDict(dict(
-      name='autoencoder', loss='mse', likelihood='gaussian'))
+  """The objective block of experiments/ae.py with `fields` changed."""
+  config = ml_collections.ConfigDict(
+      loading.load_config('experiments/ae.py').objective.to_dict())
   config.update(fields)
   return config
 
@@ -52,11 +53,12 @@ def per_example_keys(seed, num_examples):
 def build(model_name, code_dim=8, likelihood='gaussian', **model_fields):
   config = ml_collections.ConfigDict(dict(
       name=model_name, hidden_sizes=(32,), code_dim=code_dim,
-      channels=(8, 16), hidden_size=32))
+      channels=(8, 16), hidden_size=32, code_activation='linear',
+      conv_impl='auto', image_shape=None))
   config.update(model_fields)
-  return models.build_model(
+  return models.build_family(
       ml_collections.ConfigDict(dict(model=config)), IMAGE_SHAPE,
-      likelihoods.get_likelihood(objective_config(likelihood=likelihood)))
+      likelihoods.get_likelihood(objective_config(likelihood=likelihood))).model
 
 
 # --- Reconstruction losses --------------------------------------------------

@@ -10,15 +10,15 @@ import pytest
 
 from vaejax import benchmark
 from vaejax import experiment
-from vaejax import experiment_files
 from vaejax import profiling
+from vaejax.configs import loading
 from vaejax.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_flops_per_example_of_the_mlp_vae_match_its_matmuls():
-  config = experiment_files.load_config('experiments/vae.py')
+  config = loading.load_config('experiments/vae.py')
   exp = experiment.build_experiment(
       config, benchmark.random_dataset('fashion_mnist', 512, 128))
   state = experiment.init_state(exp)
@@ -104,7 +104,7 @@ def test_program_case_trains_and_counts_its_useful_flops(name):
   is within a few percent of the count with XLA's own (lax), plus the
   matmul formulation's copies (never fewer FLOPs than the useful ones)."""
   case = benchmark.CASES[name]
-  config = experiment_files.load_config(case.spec, batch_size=4)
+  config = loading.load_config(case.spec, batch_size=4)
   exp = experiment.build_experiment(
       config, benchmark.random_dataset('fashion_mnist', 64, 8))
   feed = pipeline.TrainFeed(exp.dataset.train, exp.mesh, 0, 4)
@@ -171,7 +171,7 @@ def test_set_with_a_mistyped_key_says_which_key_was_meant():
        '--set=model.conv_imp=lax'],
       cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
-  assert 'Did you mean "conv_impl"' in result.stderr
+  assert 'Did you mean model.conv_impl?' in result.stderr
   assert not result.stdout
 
 

@@ -6,6 +6,9 @@ import glob
 import logging
 import os
 import shutil
+import subprocess
+import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +20,8 @@ import pytest
 
 from vaejax import checkpoint
 from vaejax import errors
+from vaejax import workdir as workdir_lib
+from conftest import REPO_ROOT
 
 # orbax's reads of truncated arrays fail in coroutines that report once more
 # after their event loop has closed.
@@ -61,12 +66,12 @@ def workdir(tmp_path):
     checkpoint.save(manager, step, make_state(step))
   checkpoint.wait_until_finished(manager)
   manager.close()
-  checkpoint.save_config(workdir, make_config())
+  workdir_lib.save_config(workdir, make_config())
   return workdir
 
 
 def step_dir(workdir, step):
-  return os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
+  return os.path.join(workdir_lib.checkpoint_dir(workdir), str(step))
 
 
 def resume(workdir, state_like=None, config=None):
@@ -192,14 +197,45 @@ def test_workdir_that_cannot_be_written(tmp_path):
     checkpoint.check_writable(str(not_a_directory / 'w'))
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason='root can write anywhere')
-def test_read_only_workdir(tmp_path):
-  tmp_path.chmod(0o500)
-  try:
-    with pytest.raises(errors.WorkdirError, match='Permission denied'):
-      checkpoint.check_writable(str(tmp_path))
-  finally:
-    tmp_path.chmod(0o700)
+# Training into a workdir whose parent is read-only, as an ordinary user:
+# root writes anywhere, so as root the process gives up its privileges once
+# it has read the config and the data and imported what building the
+# experiment needs (the package may be installed where nobody cannot read).
+READ_ONLY_WORKDIR_RUN = """
+import os, sys
+sys.path.insert(0, 'tests')
+from conftest import tiny_config
+from vaejax import data, errors, experiment, train
+config = tiny_config(sys.argv[1])
+dataset = data.load_dataset(config.data)
+experiment.build_experiment(config, dataset)  # the imports it needs
+if os.geteuid() == 0:
+  os.setgid(65534)  # nogroup
+  os.setuid(65534)  # nobody
+try:
+  train.train_and_evaluate(config, sys.argv[2], dataset)
+except errors.WorkdirError as e:
+  print(e)
+"""
+
+
+def test_read_only_workdir(tiny_data_dir):
+  # Under /tmp, which every user can traverse (pytest's tmp_path is private
+  # to its user).
+  with tempfile.TemporaryDirectory() as parent:
+    os.chmod(parent, 0o555)
+    workdir = os.path.join(parent, 'w')
+    try:
+      result = subprocess.run(
+          [sys.executable, '-c', READ_ONLY_WORKDIR_RUN, tiny_data_dir,
+           workdir], cwd=REPO_ROOT, capture_output=True,
+          text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+      assert result.returncode == 0, result.stderr[-3000:]
+      assert (f'cannot write to the workdir {workdir} (Permission denied)'
+              in result.stdout), result.stdout + result.stderr[-3000:]
+      assert not os.listdir(parent)
+    finally:
+      os.chmod(parent, 0o700)
 
 
 @ORBAX_UNRAISABLE

@@ -17,6 +17,8 @@ from vaejax.models import autoencoder
 from vaejax.models import convolutions
 from vaejax.models import vae as vae_models
 from vaejax.objectives import likelihoods
+from vaejax.configs import common
+from vaejax.configs import loading
 
 
 def _outputs_and_gradients(module, variables, x):
@@ -134,25 +136,30 @@ def test_scatter_is_the_transpose_of_gather(kernel_size, strides, padding,
 
 
 def _conv_config(impl):
-  return ml_collections.ConfigDict(dict(
-      channels=(4, 8), latent_dim=3, hidden_size=16, code_dim=3,
-      conv_impl=impl))
+  config = ml_collections.ConfigDict(
+      loading.load_config('experiments/vae.py').model.to_dict())
+  config.update(dict(channels=(4, 8), latent_dim=3, hidden_size=16,
+                     conv_impl=impl))
+  config.code_dim = 3
+  config.code_activation = 'linear'
+  return config
 
 
 @pytest.mark.parametrize('family', ['vae', 'autoencoder'])
 def test_conv_models_give_the_same_numbers_with_either_impl(family):
   likelihood = likelihoods.get_likelihood(
-      ml_collections.ConfigDict(dict(likelihood='bernoulli')))
+      ml_collections.ConfigDict(common.likelihood('bernoulli')))
   build = (vae_models.conv_vae if family == 'vae'
            else autoencoder.conv_autoencoder)
-  lax_model, fast_model = (build(_conv_config(impl), (8, 12, 3), likelihood)
-                           for impl in ('lax', 'matmul'))
+  lax_model, fast_model = (
+      build(_conv_config(impl), (8, 12, 3), likelihood).model
+      for impl in ('lax', 'matmul'))
   _assert_same_numbers(lax_model, fast_model, (4, 8, 12, 3))
 
 
 def test_unknown_conv_impl_is_a_config_error():
   likelihood = likelihoods.get_likelihood(
-      ml_collections.ConfigDict(dict(likelihood='bernoulli')))
+      ml_collections.ConfigDict(common.likelihood('bernoulli')))
   with pytest.raises(errors.ConfigError, match='conv_impl.*matmul'):
     vae_models.conv_vae(_conv_config('cudnn'), (8, 8, 1), likelihood)
 

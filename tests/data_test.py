@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from vaejax import data
 from vaejax.data import sources
 
-# Read before the autouse fixture points these at empty directories.
+# Read before the no_real_data_locations fixture points these at empty directories.
 REAL_SYSTEM_DATA_ROOT = pathlib.Path(sources.SYSTEM_DATA_ROOT)
 REAL_TFDS_DATA_DIR = pathlib.Path(
     os.environ.get('TFDS_DATA_DIR') or '~/tensorflow_datasets').expanduser()
@@ -26,21 +26,19 @@ FASHION_MNIST_SPEC = data.KNOWN_DATASETS['fashion_mnist']
 NUM_TRAIN, NUM_TEST = 50, 20
 
 
-@pytest.fixture(autouse=True)
-def no_real_data_locations(monkeypatch, tmp_path):
-  """Hides the machine's data so each test sees only the data it writes."""
-  monkeypatch.delenv(sources.DATA_DIR_ENV_VAR, raising=False)
-  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path / 'default_tfds'))
-  monkeypatch.setattr(sources, 'SYSTEM_DATA_ROOT',
-                      str(tmp_path / 'system_datasets'))
+# Each test sees only the data it writes (conftest.py).
+pytestmark = pytest.mark.usefixtures('no_real_data_locations')
 
 
 def make_config(**fields) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict({
       'name': 'fashion_mnist',
+      'path': None,
       'dir': None,
       'source': 'auto',
       'tfds_data_dir': None,
+      'image_size': None,
+      'test_fraction': 0.1,
       'validation_size': 0,
       'download_timeout_s': 0.5,
   })
@@ -239,13 +237,36 @@ def test_config_dir_takes_precedence_over_env_var(tmp_path, monkeypatch):
   assert str(env_dir) in data.load_dataset(make_config()).source
 
 
-def test_config_dir_without_files_falls_back_to_env_var(tmp_path,
-                                                        monkeypatch):
+@pytest.mark.parametrize('named', ['empty', 'nonexistent'])
+def test_config_dir_without_files_is_an_error_not_a_fallback(
+    tmp_path, monkeypatch, named):
+  """A directory the user names is the only place read (issue 13)."""
   env_dir = write_idx_dataset(tmp_path / 'env', random_examples(1))
   monkeypatch.setenv('VAEJAX_DATA_DIR', str(env_dir))
+  write_idx_dataset(tmp_path / 'system_datasets' / 'fashion-mnist',
+                    random_examples(2))
   (tmp_path / 'empty').mkdir()
-  dataset = data.load_dataset(make_config(dir=str(tmp_path / 'empty')))
-  assert str(env_dir) in dataset.source
+  with pytest.raises(data.DataError) as error:
+    data.load_dataset(make_config(dir=str(tmp_path / named)))
+  message = str(error.value)
+  assert f'data.dir={str(tmp_path / named)!r}' in message
+  assert ('missing train-images-idx3-ubyte[.gz]' if named == 'empty'
+          else 'is not a directory') in message
+  assert 'leave data.dir unset' in message
+
+
+def test_named_tfds_data_dir_is_the_only_place_read(tmp_path, monkeypatch):
+  write_idx_dataset(tmp_path / 'system_datasets' / 'fashion-mnist',
+                    random_examples(2))
+  (tmp_path / 'empty_tfds').mkdir()
+  with pytest.raises(data.DataNotFoundError) as error:
+    data.load_dataset(make_config(tfds_data_dir=str(tmp_path / 'empty_tfds')))
+  assert 'system data directory' not in str(error.value)
+  with pytest.raises(data.DataError, match='is not a directory'):
+    data.load_dataset(make_config(tfds_data_dir=str(tmp_path / 'nowhere')))
+  with pytest.raises(data.DataError, match='both set'):
+    data.load_dataset(make_config(dir=str(tmp_path / 'system_datasets'),
+                                  tfds_data_dir=str(tmp_path / 'empty_tfds')))
 
 
 @pytest.mark.parametrize('subdirectory', ['fashion_mnist', 'fashion-mnist'])
@@ -297,18 +318,11 @@ def test_validation_size_must_leave_training_examples(tmp_path,
                                   validation_size=validation_size))
 
 
-def test_missing_optional_config_fields_use_defaults(tmp_path):
-  directory = write_idx_dataset(tmp_path / 'idx', random_examples(0))
-  dataset = data.load_dataset(
-      ml_collections.ConfigDict({'name': 'fashion_mnist',
-                                 'dir': str(directory)}))
-  assert dataset.validation is None
-  assert len(dataset.train) == NUM_TRAIN
-
-
 def test_unknown_dataset_name_lists_known_names():
-  with pytest.raises(data.DataError, match='fashion_mnist, mnist'):
-    data.load_dataset(make_config(name='cifar10'))
+  with pytest.raises(data.DataError,
+                     match="npz, image_folder, fashion_mnist, mnist nor a "
+                           "TFDS data set. Did you mean 'cifar10'"):
+    data.load_dataset(make_config(name='cifar10x'))
 
 
 def test_unknown_source_lists_known_sources():
@@ -348,16 +362,15 @@ def test_image_and_label_counts_must_match(tmp_path):
 def test_missing_data_fails_fast_listing_what_was_tried(tmp_path):
   start = time.monotonic()
   with pytest.raises(data.DataNotFoundError) as error:
-    data.load_dataset(make_config(dir=str(tmp_path / 'nowhere'),
-                                  tfds_data_dir=str(tmp_path / 'tfds')))
+    data.load_dataset(make_config())
   assert time.monotonic() - start < 5
   message = str(error.value)
   assert isinstance(error.value, data.DataError)
   for expected in [
-      f'IDX files in {tmp_path / "nowhere"} (data.dir): no such directory',
       'IDX files in $VAEJAX_DATA_DIR: not set',
       str(tmp_path / 'system_datasets' / 'fashion-mnist'),
-      f'TFDS copy in {tmp_path / "tfds" / "fashion_mnist"}: not prepared',
+      f'TFDS copy in {tmp_path / "default_tfds" / "fashion_mnist"}: not '
+      'prepared',
       'TFDS download',
       'apt-get install -y dataset-fashion-mnist',
       '--config.data.dir=DIR',
@@ -376,14 +389,15 @@ def test_download_is_not_attempted_when_host_does_not_answer(tmp_path,
     probed.append((url, timeout_s))
     return False
 
-  monkeypatch.setattr(sources, '_tensorflow_installed', lambda: True)
+  monkeypatch.setattr(sources, 'tensorflow_installed', lambda: True)
   monkeypatch.setattr(sources, 'can_download', unreachable)
+  (tmp_path / 'tfds').mkdir()
   with pytest.raises(data.DataNotFoundError, match='within 0.5 s'):
     data.load_dataset(make_config(source='tfds',
                                   tfds_data_dir=str(tmp_path / 'tfds')))
   probe_url = FASHION_MNIST_SPEC.download_url + 'train-labels-idx1-ubyte.gz'
   assert probed == [(probe_url, 0.5)]
-  assert not (tmp_path / 'tfds').exists()
+  assert not list((tmp_path / 'tfds').iterdir())
 
 
 class QuietFileHandler(http.server.SimpleHTTPRequestHandler):

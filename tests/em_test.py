@@ -11,7 +11,9 @@ import scipy.optimize
 import scipy.special
 import scipy.stats
 
-from vaejax import em
+from vaejax.analysis import gmm
+from vaejax.analysis import kmeans as kmeans_lib
+from vaejax.analysis import mixture_classifier
 
 COVARIANCE_TYPES = ('diag', 'full')
 
@@ -67,7 +69,7 @@ def non_decreasing_up_to(history, relative_tolerance):
 @pytest.mark.parametrize('covariance_type', COVARIANCE_TYPES)
 def test_log_likelihood_never_decreases(covariance_type):
   x = overlapping_data()  # float64 data is fitted in float32 unless x64 is on.
-  params, history = em.fit_gmm(jax.random.key(0), x, 3, covariance_type,
+  params, history = gmm.fit_gmm(jax.random.key(0), x, 3, covariance_type,
                                max_steps=60, tol=0.0)
   chex.assert_type([*params, history.mean_log_likelihood], jnp.float32)
   assert int(history.num_steps) == 60
@@ -84,7 +86,7 @@ def test_recovers_known_mixture(covariance_type):
   rng = np.random.default_rng(1)
   true_covariances = TRUE_COVARIANCES[covariance_type]
   x = sample_mixture(rng, 3000, TRUE_WEIGHTS, TRUE_MEANS, true_covariances)
-  params, history = em.fit_gmm(jax.random.key(2), x.astype(np.float32), 3,
+  params, history = gmm.fit_gmm(jax.random.key(2), x.astype(np.float32), 3,
                                covariance_type, max_steps=200, tol=1e-6)
 
   assert bool(history.converged)
@@ -107,10 +109,10 @@ def test_matches_sklearn_from_same_initialisation(covariance_type):
   x = overlapping_data(seed=3)
   num_steps = 30
   with jax.enable_x64(True):
-    init = em.init_gmm(jax.random.key(4), x, 3, covariance_type)
-    params, history = em.fit_gmm(None, x, 3, covariance_type,
+    init = gmm.init_gmm(jax.random.key(4), x, 3, covariance_type)
+    params, history = gmm.fit_gmm(None, x, 3, covariance_type,
                                  max_steps=num_steps, tol=0.0, init=init)
-    own_mean_log_likelihood = float(jnp.mean(em.log_likelihood(params, x)))
+    own_mean_log_likelihood = float(jnp.mean(gmm.log_likelihood(params, x)))
     assert params.means.dtype == jnp.float64
     assert history.mean_log_likelihood.dtype == jnp.float64
 
@@ -145,12 +147,12 @@ def test_log_likelihood_matches_scipy(covariance_type):
   x = rng.normal(size=(50, 2)) * 3
   covariances = TRUE_COVARIANCES[covariance_type]
   with jax.enable_x64(True):
-    params = em.GaussianMixture(jnp.log(TRUE_WEIGHTS),
+    params = gmm.GaussianMixture(jnp.log(TRUE_WEIGHTS),
                                 jnp.asarray(TRUE_MEANS),
                                 jnp.asarray(covariances))
-    log_resp, mean_log_likelihood = em.e_step(params, x)
-    per_example = em.log_likelihood(params, x)
-    predicted = em.predict(params, x)
+    log_resp, mean_log_likelihood = gmm.e_step(params, x)
+    per_example = gmm.log_likelihood(params, x)
+    predicted = gmm.predict(params, x)
 
   log_joint = np.stack([
       np.log(weight)
@@ -170,9 +172,9 @@ def test_init_gmm_from_responsibilities_and_means():
   rng = np.random.default_rng(6)
   x = rng.normal(size=(40, 2)).astype(np.float32)
   hard_assignments = (x[:, 0] > 0).astype(int)
-  from_responsibilities = em.init_gmm_from_responsibilities(
+  from_responsibilities = gmm.init_gmm_from_responsibilities(
       x, np.eye(2)[hard_assignments], 'full')
-  from_means = em.init_gmm_from_means(
+  from_means = gmm.init_gmm_from_means(
       x, np.array([[-1.0, 0.0], [1.0, 0.0]]), 'full')
   chex.assert_trees_all_close(from_responsibilities, from_means, atol=1e-6)
   positive = x[hard_assignments == 1]
@@ -194,13 +196,13 @@ def three_blobs(seed=7, num_examples=900):
 
 def test_kmeans_plusplus_is_reproducible_and_spreads_seeds():
   x, blob = three_blobs()
-  first = em.kmeans_plusplus_init(jax.random.key(0), x, 3)
-  again = em.kmeans_plusplus_init(jax.random.key(0), x, 3)
-  other_key = em.kmeans_plusplus_init(jax.random.key(1), x, 3)
+  first = kmeans_lib.kmeans_plusplus_init(jax.random.key(0), x, 3)
+  again = kmeans_lib.kmeans_plusplus_init(jax.random.key(0), x, 3)
+  other_key = kmeans_lib.kmeans_plusplus_init(jax.random.key(1), x, 3)
   chex.assert_trees_all_equal(first, again)
   assert not np.array_equal(first, other_key)
   for seed in range(5):
-    centers = np.asarray(em.kmeans_plusplus_init(jax.random.key(seed), x, 3))
+    centers = np.asarray(kmeans_lib.kmeans_plusplus_init(jax.random.key(seed), x, 3))
     seed_rows = [int(np.flatnonzero(np.all(x == center, axis=1))[0])
                  for center in centers]
     # Seeds are data points, and D^2 sampling puts one in each far-apart blob.
@@ -209,7 +211,7 @@ def test_kmeans_plusplus_is_reproducible_and_spreads_seeds():
 
 def test_kmeans_beats_random_assignment_and_is_consistent():
   x, _ = three_blobs()
-  result = em.kmeans(jax.random.key(0), x, 3)
+  result = kmeans_lib.kmeans(jax.random.key(0), x, 3)
   squared_distances = np.sum(
       (x[:, None] - np.asarray(result.centers)[None])**2, axis=-1)
   np.testing.assert_array_equal(result.assignments, squared_distances.argmin(1))
@@ -228,15 +230,15 @@ def test_kmeans_beats_random_assignment_and_is_consistent():
 def test_kmeans_matches_sklearn():
   sklearn_cluster = pytest.importorskip('sklearn.cluster')
   x, blob = three_blobs()
-  result = em.kmeans(jax.random.key(0), x, 3)
+  result = kmeans_lib.kmeans(jax.random.key(0), x, 3)
   reference = sklearn_cluster.KMeans(
       n_clusters=3, n_init=10, random_state=0).fit(x.astype(np.float64))
   np.testing.assert_allclose(result.inertia, reference.inertia_, rtol=1e-5)
   order = matching_permutation(result.centers, reference.cluster_centers_)
   np.testing.assert_allclose(result.centers[order], reference.cluster_centers_,
                              atol=1e-4)
-  assert em.cluster_accuracy(result.assignments, reference.labels_) == 1.0
-  assert em.cluster_accuracy(result.assignments, blob) > 0.99
+  assert kmeans_lib.cluster_accuracy(result.assignments, reference.labels_) == 1.0
+  assert kmeans_lib.cluster_accuracy(result.assignments, blob) > 0.99
 
 
 def clusters_with_own_boundaries(rng, num_examples):
@@ -261,10 +263,10 @@ def test_mixture_classifier_beats_logistic_regression():
   x_train, y_train = clusters_with_own_boundaries(rng, 1500)
   x_test, y_test = clusters_with_own_boundaries(rng, 1500)
 
-  params, history = em.fit_mixture_classifier(
+  params, history = mixture_classifier.fit_mixture_classifier(
       jax.random.key(0), x_train, y_train, 3, max_steps=200, tol=1e-6,
       gradient_steps_per_m_step=10, learning_rate=0.05)
-  probabilities = em.predict_proba(params, x_test)
+  probabilities = mixture_classifier.predict_proba(params, x_test)
   chex.assert_shape(probabilities, (1500,))
   mixture_accuracy = np.mean((np.asarray(probabilities) > 0.5) == y_test)
   logistic_accuracy = linear_model.LogisticRegression().fit(
@@ -285,7 +287,7 @@ def test_predict_proba_matches_hand_computation():
   variances = np.array([0.5, 2.0])
   label_biases = np.array([0.3, -1.0])
   label_weights = np.array([[1.0, -2.0], [0.5, 0.5]])
-  params = em.MixtureClassifier(
+  params = mixture_classifier.MixtureClassifier(
       *(jnp.asarray(a, jnp.float32) for a in (
           np.log(weights), means, variances, label_biases, label_weights)))
 
@@ -296,20 +298,20 @@ def test_predict_proba_matches_hand_computation():
   cluster_posterior = cluster_joint / cluster_joint.sum(1, keepdims=True)
   label_probabilities = scipy.special.expit(label_biases + x @ label_weights.T)
   expected = np.sum(cluster_posterior * label_probabilities, axis=1)
-  np.testing.assert_allclose(em.predict_proba(params, x.astype(np.float32)),
+  np.testing.assert_allclose(mixture_classifier.predict_proba(params, x.astype(np.float32)),
                              expected, rtol=1e-5)
 
 
 def test_cluster_accuracy():
   labels = np.array([0, 0, 1, 1, 2, 2])
   relabelled = np.array([2, 0, 1])[labels] + 10
-  assert em.cluster_accuracy(relabelled, labels) == 1.0
+  assert kmeans_lib.cluster_accuracy(relabelled, labels) == 1.0
   # Matching a to 0 and b to 1 gives 2 + 2 agreements; cluster c is left over
   # because there are more clusters than labels.
-  assert em.cluster_accuracy(
+  assert kmeans_lib.cluster_accuracy(
       list('aabbbc'), [0, 0, 0, 1, 1, 1]) == pytest.approx(4 / 6)
   # Two clusters for three labels: the best matching covers 2 + 2 examples.
-  assert em.cluster_accuracy(
+  assert kmeans_lib.cluster_accuracy(
       [0, 0, 1, 1, 1, 1], [5, 5, 6, 6, 7, 7]) == pytest.approx(4 / 6)
 
 
@@ -325,24 +327,24 @@ def test_cluster_accuracy():
 def test_fit_gmm_rejects_bad_input(x, num_components, covariance_type,
                                    message):
   with pytest.raises(ValueError, match=message):
-    em.fit_gmm(jax.random.key(0), x, num_components, covariance_type)
+    gmm.fit_gmm(jax.random.key(0), x, num_components, covariance_type)
 
 
 def test_other_entry_points_reject_bad_input():
   x = np.ones((10, 2), np.float32)
   with pytest.raises(ValueError, match='must be 2-D'):
-    em.kmeans(jax.random.key(0), x[:, 0], 2)
+    kmeans_lib.kmeans(jax.random.key(0), x[:, 0], 2)
   with pytest.raises(ValueError, match='at most as many components'):
-    em.kmeans_plusplus_init(jax.random.key(0), x, 11)
+    kmeans_lib.kmeans_plusplus_init(jax.random.key(0), x, 11)
   with pytest.raises(ValueError, match="init must be a 'full' mixture"):
-    em.fit_gmm(jax.random.key(0), x, 2, 'full',
-               init=em.init_gmm(jax.random.key(0), x, 2, 'diag'))
+    gmm.fit_gmm(jax.random.key(0), x, 2, 'full',
+               init=gmm.init_gmm(jax.random.key(0), x, 2, 'diag'))
   with pytest.raises(ValueError, match='only the labels 0 and 1'):
-    em.fit_mixture_classifier(jax.random.key(0), x, np.full(10, 2), 2)
+    mixture_classifier.fit_mixture_classifier(jax.random.key(0), x, np.full(10, 2), 2)
   with pytest.raises(ValueError, match='one label per example'):
-    em.fit_mixture_classifier(jax.random.key(0), x, np.zeros(9), 2)
-  params = em.init_gmm(jax.random.key(0), x, 2, 'full')
+    mixture_classifier.fit_mixture_classifier(jax.random.key(0), x, np.zeros(9), 2)
+  params = gmm.init_gmm(jax.random.key(0), x, 2, 'full')
   with pytest.raises(ValueError, match=r'shape \[num_examples, 2\]'):
-    em.log_likelihood(params, np.ones((10, 3), np.float32))
+    gmm.log_likelihood(params, np.ones((10, 3), np.float32))
   with pytest.raises(ValueError, match='same length'):
-    em.cluster_accuracy([0, 1], [0, 1, 1])
+    kmeans_lib.cluster_accuracy([0, 1], [0, 1, 1])

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing import event_accumulator
 from vaejax import errors
 from vaejax import evaluate
 from vaejax import train
+from vaejax.evaluators import latents
 from conftest import REPO_ROOT
 from conftest import tiny_config
 
@@ -155,6 +156,6 @@ def test_active_units_counts_dimensions_whose_means_vary():
   means[:, 1] = rng.normal(0.0, 1.0, 5000)  # variance 1: active
   means[:, 3] = rng.normal(2.0, 0.2, 5000)  # variance 0.04: active
   means[:, 4] = rng.normal(-1.0, 0.05, 5000)  # variance 0.0025: collapsed
-  assert evaluate.active_units(means) == 2
-  assert evaluate.active_units(means, threshold=0.001) == 3
-  assert evaluate.active_units(means, threshold=0.5) == 1
+  assert latents.active_units(means) == 2
+  assert latents.active_units(means, threshold=0.001) == 3
+  assert latents.active_units(means, threshold=0.5) == 1

@@ -5,12 +5,7 @@ import subprocess
 import sys
 import time
 
-import pytest
-
-from vaejax import errors
-from vaejax import train
 from conftest import REPO_ROOT
-from conftest import tiny_config
 
 
 def run_main(*args, timeout=300):
@@ -45,7 +40,10 @@ def test_cli_runs_and_rerun_resumes(tiny_data_dir, tmp_path):
 def test_mistyped_override_names_the_key(tmp_path):
   result = run_main('--config', 'experiments/vae.py:runlocal', '--workdir',
                     str(tmp_path), '--config.model.latnt_dim=3')
-  assert_clean_failure(result, 'latnt_dim', 'latent_dim')
+  assert_clean_failure(result, '--config.model.latnt_dim=3:',
+                       'no key model.latnt_dim',
+                       'Did you mean model.latent_dim?')
+  assert "''" not in result.stderr, result.stderr  # no nested quotes
   assert not os.listdir(tmp_path)
 
 
@@ -58,7 +56,7 @@ def test_wrong_value_type(tmp_path):
 def test_unknown_variant(tmp_path):
   result = run_main('--config', 'experiments/vae.py:runlocal,convv',
                     '--workdir', str(tmp_path))
-  assert_clean_failure(result, "Unknown variant(s) ['convv']", 'runlocal')
+  assert_clean_failure(result, 'Unknown variant(s) convv', 'runlocal')
 
 
 def test_missing_data_fails_fast_with_what_was_tried(tmp_path):
@@ -66,38 +64,10 @@ def test_missing_data_fails_fast_with_what_was_tried(tmp_path):
   result = run_main(
       '--config', 'experiments/vae.py:mnist,runlocal', '--workdir',
       str(tmp_path / 'w'), f'--config.data.dir={tmp_path / "nothing"}',
-      f'--config.data.tfds_data_dir={tmp_path / "tfds"}', timeout=120)
+      timeout=120)
   assert time.monotonic() - start < 30
-  assert_clean_failure(result, str(tmp_path / 'nothing'), 'VAEJAX_DATA_DIR')
+  # A directory the user names is the only place read: no fallback.
+  assert_clean_failure(result, str(tmp_path / 'nothing'),
+                       'is not a directory', 'leave data.dir unset')
   assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
 
-
-@pytest.mark.parametrize('key, value, known', [
-    ('model.name', 'mlp_vea', 'mlp_vae'),
-    ('objective.name', 'elbow', 'iwae'),
-    ('objective.likelihood', 'poisson', 'bernoulli'),
-    ('data.transform', 'binarize', 'dynamic_binarize'),
-    ('optimizer.name', 'adamm', 'adam'),
-    ('data.name', 'cifar', 'fashion_mnist'),
-])
-def test_unknown_names_list_the_known_ones(tmp_path, key, value, known):
-  # The data directory does not exist: the name check must come first.
-  config = tiny_config(str(tmp_path / 'no_data'), **{key: value})
-  with pytest.raises(Exception) as info:
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
-  assert value in str(info.value) and known in str(info.value)
-  assert not os.path.exists(tmp_path / 'w')
-
-
-def test_image_shape_mismatch_names_both_shapes(tiny_data_dir, tmp_path):
-  config = tiny_config(tiny_data_dir, **{'model.image_shape': (32, 32, 3)})
-  with pytest.raises(errors.ConfigError, match=r'\(32, 32, 3\).*\(28, 28, 1\)'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))
-  assert not os.path.exists(tmp_path / 'w')
-
-
-def test_conv_model_rejects_indivisible_shape(tiny_data_dir, tmp_path):
-  config = tiny_config(tiny_data_dir, arg='conv,runlocal',
-                       **{'model.channels': (8, 8, 8)})
-  with pytest.raises(errors.ConfigError, match=r'divisible by 8.*\(28, 28, 1\)'):
-    train.train_and_evaluate(config, str(tmp_path / 'w'))

@@ -1,4 +1,4 @@
-"""Gaussian mixtures fitted by EM through the one train loop (SPEC §5)."""
+"""Gaussian mixtures fitted by EM through the one train loop (vaejax/objectives/mixture.py)."""
 import os
 
 import chex
@@ -9,13 +9,15 @@ import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
 from vaejax import data
-from vaejax import em
 from vaejax import errors
-from vaejax import evaluate
+from vaejax import evaluators
 from vaejax import experiment
-from vaejax import experiment_files
+from vaejax import prng
+from vaejax import stages
 from vaejax import train
-from vaejax.data import features
+from vaejax.analysis import gmm
+from vaejax.analysis import mixture_classifier
+from vaejax.configs import loading
 from vaejax.data import pipeline
 from conftest import tiny_config
 from em_test import clusters_with_own_boundaries
@@ -52,7 +54,7 @@ def gmm_config(arg=None, **overrides):
   spec = 'experiments/gmm.py' + (f':{arg}' if arg else '')
   defaults = {'data.features': None, 'eval.batch_size': 200,
               'checkpoint_every': 0}
-  return experiment_files.load_config(spec, **{**defaults, **overrides})
+  return loading.load_config(spec, **{**defaults, **overrides})
 
 
 def train_losses(workdir):
@@ -67,9 +69,9 @@ def train_losses(workdir):
 
 def loop_initialisation_key(config):
   """The key the loop's first step seeds k-means++ with (first example's)."""
-  step_key = jax.random.fold_in(experiment.named_keys(config.seed)['train'], 0)
-  keys = train.example_keys(step_key, jnp.arange(1))
-  return train.split_per_example(keys, 2)[1][0]
+  step_key = jax.random.fold_in(prng.named_keys(config.seed)['train'], 0)
+  keys = prng.example_keys(step_key, jnp.arange(1))
+  return prng.split_per_example(keys, 2)[1][0]
 
 
 def first_batch(config, x):
@@ -85,7 +87,7 @@ def non_increasing(values, relative_tolerance):
 
 @pytest.mark.parametrize('covariance_type', ['diag', 'full'])
 def test_loop_is_exact_em(covariance_type, tmp_path):
-  """Per-step NLL never increases, and the loop gives em.fit_gmm's fit."""
+  """Per-step NLL never increases, and the loop gives gmm.fit_gmm's fit."""
   x, labels = overlapping_mixture(0, 600)
   dataset = features_dataset((x, labels), overlapping_mixture(1, 200))
   num_steps = 30
@@ -100,16 +102,16 @@ def test_loop_is_exact_em(covariance_type, tmp_path):
   assert non_increasing(losses, 1e-6)
   assert losses[0] - losses[-1] > 0.05  # EM did real work.
 
-  initial = em.init_gmm(loop_initialisation_key(config), first_batch(config, x),
+  initial = gmm.init_gmm(loop_initialisation_key(config), first_batch(config, x),
                         3, covariance_type)
-  expected, history = em.fit_gmm(None, x, 3, covariance_type,
+  expected, history = gmm.fit_gmm(None, x, 3, covariance_type,
                                  max_steps=num_steps, tol=0.0, init=initial)
   assert int(history.num_steps) == num_steps
   # Step s reports -log p under the parameters after s - 1 M-steps.
   np.testing.assert_allclose(
       losses, -np.asarray(history.mean_log_likelihood[:num_steps]), rtol=1e-5)
   exp = experiment.build_experiment(config, dataset)
-  fitted = exp.model.apply(evaluate.variables_of(result['state']),
+  fitted = exp.model.apply(evaluators.variables_of(result['state']),
                            method=exp.model.mixture)
   chex.assert_trees_all_close(fitted, expected, atol=2e-4, rtol=2e-4)
   assert result['metrics']['cluster_accuracy'] > 0.6
@@ -163,7 +165,7 @@ def test_fit_does_not_depend_on_device_count():
 
 
 def test_mixture_classifier_in_the_loop(tmp_path):
-  """Generalised EM in the loop: never worse, em.fit_mixture_classifier's
+  """Generalised EM in the loop: never worse, mixture_classifier.fit_mixture_classifier's
   fit, and a clear win over logistic regression."""
   rng = np.random.default_rng(9)
   x, y = clusters_with_own_boundaries(rng, 1500)
@@ -178,11 +180,11 @@ def test_mixture_classifier_in_the_loop(tmp_path):
   # -log p(x, y) never increases.
   losses = train_losses(str(tmp_path))
   assert non_increasing([losses[step] for step in sorted(losses)], 1e-6)
-  expected, _ = em.fit_mixture_classifier(
+  expected, _ = mixture_classifier.fit_mixture_classifier(
       loop_initialisation_key(config), first_batch(config, x),
       first_batch(config, y), 3, max_steps=num_steps, tol=0.0)
   exp = experiment.build_experiment(config, dataset)
-  fitted = exp.model.apply(evaluate.variables_of(result['state']),
+  fitted = exp.model.apply(evaluators.variables_of(result['state']),
                            method=exp.model.classifier)
   chex.assert_trees_all_close(fitted, expected, atol=1e-3)
   metrics = result['metrics']
@@ -192,11 +194,12 @@ def test_mixture_classifier_in_the_loop(tmp_path):
 
 
 def test_pca_features_match_numpy(tiny_data_dir):
-  config = experiment_files.load_config(
+  config = loading.load_config(
       'experiments/gmm.py', **{'data.dir': tiny_data_dir,
-                               'data.source': 'idx', 'data.feature_dim': 5})
+                               'data.source': 'idx', 'data.feature_dim': 5,
+                               'batch_size': 256})
   images = data.load_dataset(config.data)
-  projected = features.extract_features(config, images)
+  projected = stages.build_experiment(config, images).dataset
 
   pixels = images.train.images.reshape(len(images.train), -1) / 255.0
   mean = pixels.mean(axis=0)
@@ -221,7 +224,7 @@ def test_runlocal_on_idx_data_resumes_exactly(tiny_data_dir, tmp_path):
   """experiments/gmm.py:runlocal on the tiny IDX data set; 10 + 10 EM
   iterations give the statistics of 20 in one go."""
   def config(num_train_steps, extras=()):
-    return experiment_files.load_config(
+    return loading.load_config(
         'experiments/gmm.py:runlocal', **{
             'data.dir': tiny_data_dir, 'data.source': 'idx',
             'data.feature_dim': 8, 'batch_size': 256, 'eval.batch_size': 32,
@@ -246,18 +249,18 @@ def test_gmm_on_vae_latents(tiny_data_dir, tmp_path):
       tiny_config(tiny_data_dir, num_train_steps=2,
                   **{'eval.extras': (), 'eval.figures': ()}),
       vae_workdir)
-  config = experiment_files.load_config(
+  config = loading.load_config(
       f'experiments/gmm.py:features=vae,workdir={vae_workdir},runlocal', **{
           'data.dir': tiny_data_dir, 'data.source': 'idx', 'batch_size': 256,
           'eval.batch_size': 32, 'num_train_steps': 1})
-  exp = experiment.build_experiment(config)
+  exp = stages.build_experiment(config)
   # The features are the VAE's posterior means of the fixed-key inputs.
-  vae_exp = experiment.build_experiment(
+  vae_exp = stages.build_experiment(
       tiny_config(tiny_data_dir, num_train_steps=2))
-  evaluator = evaluate.Evaluator(vae_exp)
+  evaluator = evaluators.build(vae_exp)
   x, _ = evaluator.inputs(vae_exp.dataset.test.images,
                           np.arange(len(vae_exp.dataset.test)))
-  means, _ = vae_exp.model.apply(evaluate.variables_of(vae['state']), x,
+  means, _ = vae_exp.model.apply(evaluators.variables_of(vae['state']), x,
                                  method=vae_exp.model.encode)
   np.testing.assert_allclose(exp.dataset.test.images, means, atol=1e-5)
   assert exp.image_shape == (vae_exp.config.model.latent_dim,)
@@ -268,7 +271,7 @@ def test_gmm_on_vae_latents(tiny_data_dir, tmp_path):
 def test_bad_feature_configs_fail_with_clear_errors(tiny_data_dir, tmp_path):
   def build(arg=None, **overrides):
     spec = 'experiments/gmm.py' + (f':{arg}' if arg else '')
-    experiment.build_experiment(experiment_files.load_config(spec, **{
+    stages.build_experiment(loading.load_config(spec, **{
         'data.dir': tiny_data_dir, 'data.source': 'idx', 'batch_size': 256,
         **overrides}))
 

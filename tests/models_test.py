@@ -19,6 +19,8 @@ import pytest
 from vaejax import models
 from vaejax.models import vae as vae_models
 from vaejax.objectives import likelihoods
+from vaejax.configs import common
+from vaejax.configs import loading
 
 EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / 'experiments'
 
@@ -34,7 +36,15 @@ def vae_experiment_config(arg='runlocal'):
 
 def get_likelihood(name):
   return likelihoods.get_likelihood(ml_collections.ConfigDict(
-      dict(likelihood=name)))
+      common.likelihood(name)))
+
+def vae_model_config(**fields):
+  """The model block of experiments/vae.py with `fields` changed."""
+  config = ml_collections.ConfigDict(
+      loading.load_config('experiments/vae.py').model.to_dict())
+  config.update(fields)
+  return config
+
 
 
 def random_variables(model, x, seed=0):
@@ -62,7 +72,7 @@ def test_output_shapes(model_name, likelihood_name, num_params, image_shape):
   config.model.name = model_name
   likelihood = get_likelihood(likelihood_name)
   assert likelihood.num_params == num_params
-  model = models.build_model(config, image_shape, likelihood)
+  model = models.build_family(config, image_shape, likelihood).model
   batch, latent_dim = 3, config.model.latent_dim
   x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
   z = jax.ShapeDtypeStruct((batch, latent_dim), jnp.float32)
@@ -83,7 +93,7 @@ def test_mlp_vae_parameter_count():
   config = vae_experiment_config('mnist')
   assert (config.model.name, tuple(config.model.hidden_sizes),
           config.model.latent_dim) == ('mlp_vae', (400,), 20)
-  model = models.build_model(config, (28, 28, 1), get_likelihood('bernoulli'))
+  model = models.build_family(config, (28, 28, 1), get_likelihood('bernoulli')).model
   variables = jax.eval_shape(model.init, jax.random.key(0),
                              jnp.zeros((1, 28, 28, 1)))
   assert num_parameters(variables) == (
@@ -101,8 +111,8 @@ def test_mlp_vae_parameter_count():
 def test_mlp_vae_matches_a_numpy_forward_pass():
   image_shape, num_params = (4, 4, 2), 2
   model = vae_models.mlp_vae(
-      ml_collections.ConfigDict(dict(hidden_sizes=(8, 6), latent_dim=3)),
-      image_shape, get_likelihood('gaussian_learned'))
+      vae_model_config(hidden_sizes=(8, 6), latent_dim=3),
+      image_shape, get_likelihood('gaussian_learned')).model
   x = np.random.default_rng(1).uniform(size=(5, *image_shape))
   x = x.astype(np.float32)
   variables = random_variables(model, x)
@@ -138,9 +148,9 @@ def test_mlp_vae_matches_a_numpy_forward_pass():
 
 def test_conv_vae_numbers():
   """Finite outputs, __call__ = decode(mean), examples processed separately."""
-  config = ml_collections.ConfigDict(dict(channels=(4, 8), latent_dim=3,
-                                          hidden_size=16))
-  model = vae_models.conv_vae(config, (8, 12, 3), get_likelihood('bernoulli'))
+  config = vae_model_config(channels=(4, 8), latent_dim=3, hidden_size=16)
+  model = vae_models.conv_vae(config, (8, 12, 3),
+                              get_likelihood('bernoulli')).model
   x = np.random.default_rng(2).uniform(size=(4, 8, 12, 3)).astype(np.float32)
   variables = random_variables(model, x)
 
@@ -163,13 +173,13 @@ def test_conv_vae_numbers():
 
 
 def test_conv_vae_rejects_indivisible_image_shapes():
-  config = ml_collections.ConfigDict(dict(channels=(32, 64), latent_dim=2))
+  config = vae_model_config(channels=(32, 64), latent_dim=2)
   with pytest.raises(ValueError, match=re.escape('(30, 30, 1)')) as error:
     vae_models.conv_vae(config, (30, 30, 1), get_likelihood('bernoulli'))
   assert 'divisible by 4' in str(error.value)
   with pytest.raises(ValueError, match=re.escape('(32, 36, 3)')):
-    vae_models.conv_vae(ml_collections.ConfigDict(dict(
-        channels=(8, 8, 8), latent_dim=2)), (32, 36, 3),
+    vae_models.conv_vae(vae_model_config(
+        channels=(8, 8, 8), latent_dim=2), (32, 36, 3),
                         get_likelihood('bernoulli'))
   # Divisible shapes are accepted.
   vae_models.conv_vae(config, (28, 28, 1), get_likelihood('bernoulli'))
@@ -179,13 +189,13 @@ def test_build_model_rejects_a_different_image_shape():
   config = vae_experiment_config()
   config.model.image_shape = (32, 32, 3)
   with pytest.raises(ValueError) as error:
-    models.build_model(config, (28, 28, 1), get_likelihood('bernoulli'))
+    models.build_family(config, (28, 28, 1), get_likelihood('bernoulli')).model
   message = str(error.value)
   assert '(32, 32, 3)' in message and '(28, 28, 1)' in message
   # The same shape, as a list or tuple, passes.
   config.model.image_shape = (28, 28, 1)
-  assert isinstance(models.build_model(config, [28, 28, 1],
-                                       get_likelihood('bernoulli')),
+  assert isinstance(models.build_family(config, [28, 28, 1],
+                                       get_likelihood('bernoulli')).model,
                     vae_models.VAE)
 
 
@@ -193,7 +203,7 @@ def test_unknown_model_lists_known_names():
   config = vae_experiment_config()
   config.model.name = 'nope'
   with pytest.raises(KeyError) as error:
-    models.build_model(config, (28, 28, 1), get_likelihood('bernoulli'))
+    models.build_family(config, (28, 28, 1), get_likelihood('bernoulli')).model
   message = str(error.value)
   assert "'nope'" in message
   assert {'conv_vae', 'mlp_vae'} <= set(models.MODELS.names())

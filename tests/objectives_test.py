@@ -16,11 +16,11 @@ import pytest
 import scipy.special
 import scipy.stats
 
-from vaejax import evaluate
 from vaejax.models import vae as vae_models
 from vaejax.objectives import distributions
 from vaejax.objectives import likelihoods
 from vaejax.objectives import vae as vae_objectives
+from vaejax.configs import loading
 
 # (mean, logvar) pairs of 3-D diagonal Gaussians, from near the prior to far.
 GAUSSIANS = (
@@ -31,9 +31,19 @@ GAUSSIANS = (
 
 
 def objective_config(**fields):
-  config = ml_collections.ConfigDict(dict(likelihood='bernoulli'))
+  """The objective block of experiments/vae.py with `fields` changed."""
+  config = ml_collections.ConfigDict(
+      loading.load_config('experiments/vae.py').objective.to_dict())
   config.update(fields)
   return config
+
+def vae_model_config(**fields):
+  """The model block of experiments/vae.py with `fields` changed."""
+  config = ml_collections.ConfigDict(
+      loading.load_config('experiments/vae.py').model.to_dict())
+  config.update(fields)
+  return config
+
 
 
 def per_example_keys(seed, num_examples):
@@ -348,8 +358,8 @@ def mlp_setup():
   """A randomly initialised 64-32-4 MLP VAE, its variables and binary data."""
   likelihood = likelihoods.get_likelihood(objective_config())
   model = vae_models.mlp_vae(
-      ml_collections.ConfigDict(dict(hidden_sizes=(32,), latent_dim=4)),
-      IMAGE_SHAPE, likelihood)
+      vae_model_config(hidden_sizes=(32,), latent_dim=4),
+      IMAGE_SHAPE, likelihood).model
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.random((256, *IMAGE_SHAPE)) < 0.3, jnp.float32)
   # Normal kernels at twice nn.Dense's LeCun scale, so that q(z|x) is far
@@ -714,7 +724,7 @@ def test_chunked_iwae_log_likelihood_matches_one_shot(ppca):
 
   @jax.jit
   def run(variables, chunk_keys):
-    chunked = evaluate.iwae_log_likelihood(
+    chunked = vae_objectives.iwae_log_likelihood(
         model, variables, likelihood, x, keys, num_samples=400,
         chunk_size=100)
     log_weights = jnp.concatenate([
@@ -730,5 +740,5 @@ def test_chunked_iwae_log_likelihood_matches_one_shot(ppca):
                                      axis=-1) - math.log(400)
   chex.assert_trees_all_close(chunked, expected, rtol=1e-6, atol=1e-5)
   with pytest.raises(ValueError, match='multiple'):
-    evaluate.iwae_log_likelihood(model, variables, likelihood, x, keys,
+    vae_objectives.iwae_log_likelihood(model, variables, likelihood, x, keys,
                                  num_samples=250, chunk_size=100)

@@ -4,7 +4,9 @@ import jax
 import numpy as np
 import pytest
 
-from vaejax import probes
+from vaejax.analysis import clustering
+from vaejax.analysis import pca
+from vaejax.analysis import probes
 
 NUM_CLASSES = 10
 
@@ -60,7 +62,7 @@ def test_pca_finds_the_axes_of_largest_variance():
   rotation, _ = np.linalg.qr(rng.normal(size=(5, 5)))
   stddevs = np.array([5.0, 2.0, 1.0, 0.5, 0.1])
   x = (rng.normal(size=(4000, 5)) * stddevs) @ rotation.T + 3.0
-  projected = probes.pca_project(x, 2)
+  projected = pca.pca_project(x, 2)
   assert projected.shape == (4000, 2)
   np.testing.assert_allclose(projected.std(axis=0), stddevs[:2], rtol=0.05)
   np.testing.assert_allclose(projected.mean(axis=0), 0.0, atol=1e-4)
@@ -72,7 +74,7 @@ def test_pca_finds_the_axes_of_largest_variance():
 def test_clustering_finds_well_separated_clusters():
   x, labels = clustered_features(4)
   # Cluster ids are arbitrary: the score matches them to labels one-to-one.
-  accuracies = probes.clustering_accuracies(
+  accuracies = clustering.clustering_accuracies(
       jax.random.key(0), x, (labels + 3) % NUM_CLASSES, NUM_CLASSES)
   assert accuracies['kmeans'] > 0.99
   assert accuracies['gmm'] > 0.99
@@ -81,7 +83,7 @@ def test_clustering_finds_well_separated_clusters():
 def test_clustering_of_uninformative_features_is_near_chance():
   rng = np.random.default_rng(5)
   x = rng.normal(size=(1000, 8))
-  accuracies = probes.clustering_accuracies(
+  accuracies = clustering.clustering_accuracies(
       jax.random.key(0), x, rng.integers(0, NUM_CLASSES, 1000), NUM_CLASSES)
   # The best matching of 10 arbitrary clusters beats 0.1 a little, not more.
   assert accuracies['kmeans'] < 0.2 and accuracies['gmm'] < 0.2

@@ -25,10 +25,13 @@ from tensorboard.backend.event_processing import event_accumulator
 from vaejax import checkpoint
 from vaejax import data
 from vaejax import errors
-from vaejax import evaluate
+from vaejax import evaluators
 from vaejax import experiment
-from vaejax import experiment_files
+from vaejax import faults
+from vaejax import stages
 from vaejax import train
+from vaejax import workdir as workdir_lib
+from vaejax.configs import loading
 from checkpoint_test import ORBAX_UNRAISABLE
 from checkpoint_test import file_contents
 from checkpoint_test import truncate_array_data
@@ -60,7 +63,7 @@ def flatten(tree, prefix=''):
 def main_command(config, workdir):
   """`python -m vaejax.main` with the --config.* flags that turn
   experiments/vae.py:runlocal into `config`."""
-  base = flatten(experiment_files.load_config(EXPERIMENT).to_dict())
+  base = flatten(loading.load_config(EXPERIMENT).to_dict())
   flags = [f'--config.{key}={value!r}' if isinstance(value, tuple)
            else f'--config.{key}={value}'
            for key, value in flatten(config.to_dict()).items()
@@ -82,7 +85,7 @@ def read(path):
 
 def wait_for_checkpoint(process, workdir, step, log_path, timeout=600):
   """Waits until checkpoint `step` is complete (orbax renames it into place)."""
-  path = os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
+  path = os.path.join(workdir_lib.checkpoint_dir(workdir), str(step))
   deadline = time.monotonic() + timeout
   while not os.path.isdir(path):
     assert process.poll() is None, read(log_path)
@@ -95,12 +98,12 @@ def wait_for_checkpoint(process, workdir, step, log_path, timeout=600):
 
 def checkpoint_steps(workdir):
   return sorted(int(name) for name in os.listdir(
-      checkpoint.checkpoint_dir(workdir)) if name.isdigit())
+      workdir_lib.checkpoint_dir(workdir)) if name.isdigit())
 
 
 def final_state(config, workdir):
   """The latest checkpoint of `workdir`, restored for `config`."""
-  exp = experiment.build_experiment(config)
+  exp = stages.build_experiment(config)
   manager = checkpoint.create_manager(workdir)
   state = checkpoint.restore_latest(manager, experiment.init_state(exp))
   manager.close()
@@ -177,7 +180,7 @@ def test_sigterm_saves_the_step_reached_and_exits_nonzero(
   step = int(stopped.group(1))
   assert 50 <= step < long_config.num_train_steps
   assert checkpoint_steps(workdir)[-1] == step
-  assert stopped.group(2) == os.path.join(checkpoint.checkpoint_dir(workdir),
+  assert stopped.group(2) == os.path.join(workdir_lib.checkpoint_dir(workdir),
                                           str(step))
 
   train.train_and_evaluate(long_config, workdir)
@@ -215,7 +218,7 @@ def test_same_config_and_seed_give_identical_metrics(long_config, reference,
 
 def test_repeated_evaluation_gives_identical_numbers(long_config, reference):
   _, result = reference
-  evaluator = evaluate.Evaluator(experiment.build_experiment(long_config))
+  evaluator = evaluators.build(stages.build_experiment(long_config))
   step = long_config.num_train_steps
   first = evaluator.evaluate(result['state'], step)
   assert evaluator.evaluate(result['state'], step) == first
@@ -231,7 +234,7 @@ def test_repeated_evaluation_gives_identical_numbers(long_config, reference):
 @ORBAX_UNRAISABLE
 def test_unreadable_latest_checkpoint_resumes_from_the_one_before(
     tiny_data_dir, copied_workdir, caplog):
-  latest = os.path.join(checkpoint.checkpoint_dir(copied_workdir), '20')
+  latest = os.path.join(workdir_lib.checkpoint_dir(copied_workdir), '20')
   truncate_array_data(latest)
   config = tiny_config(tiny_data_dir, **{**SHORT_RUN, 'num_train_steps': 30})
   with caplog.at_level(logging.INFO):
@@ -271,11 +274,11 @@ def test_harmless_config_changes_resume(tiny_data_dir, copied_workdir):
 
 def test_diverging_run_stops_naming_step_and_metric(tiny_data_dir,
                                                     copied_workdir):
-  checkpoints = checkpoint.checkpoint_dir(copied_workdir)
+  checkpoints = workdir_lib.checkpoint_dir(copied_workdir)
   before = file_contents(checkpoints)
   config = tiny_config(tiny_data_dir, **{
       **SHORT_RUN, 'num_train_steps': 60, 'optimizer.learning_rate': 1e6})
-  with pytest.raises(train.NonFiniteError) as info:
+  with pytest.raises(faults.NonFiniteError) as info:
     train.train_and_evaluate(config, copied_workdir)
   stopped = re.match(r'(loss|grad_norm) became (nan|inf|-inf) at step (\d+)\.',
                      str(info.value))
@@ -291,7 +294,7 @@ def test_skip_update_above_grad_norm_counts_and_skips(tiny_data_dir,
       **SHORT_RUN, 'num_train_steps': 10,
       'optimizer.skip_update_above_grad_norm': 1e-6})
   result = train.train_and_evaluate(config, str(tmp_path))
-  initial = experiment.init_state(experiment.build_experiment(config))
+  initial = experiment.init_state(stages.build_experiment(config))
   # Every gradient norm is above 1e-6: no update was applied.
   assert_states_equal(result['state']['params'], initial['params'])
   assert_states_equal(result['state']['opt_state'], initial['opt_state'])
@@ -303,7 +306,7 @@ def test_skip_update_above_grad_norm_counts_and_skips(tiny_data_dir,
 
 def test_full_disk_during_checkpoint_stops_and_keeps_earlier_ones(
     tiny_data_dir, copied_workdir, monkeypatch):
-  checkpoints = checkpoint.checkpoint_dir(copied_workdir)
+  checkpoints = workdir_lib.checkpoint_dir(copied_workdir)
   before = file_contents(checkpoints)
   monkeypatch.setattr(
       checkpoint.ocp.BasePyTreeCheckpointHandler, '_write_metadata_file',

@@ -1,5 +1,6 @@
 """Data parallelism: the same numbers on 1, 2, 4 or 8 devices and on two
 processes, and clear errors for batches the devices cannot split."""
+import json
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import pytest
 
 from vaejax import checkpoint
 from vaejax import experiment
-from vaejax import experiment_files
+from vaejax import stages
+from vaejax.configs import loading
 from conftest import REPO_ROOT
 from multidevice import device_env
 from multidevice import free_port
@@ -80,9 +82,47 @@ def test_batch_not_divisible_by_devices_is_a_start_up_error(tiny_data_dir,
   assert not os.path.exists(tmp_path / 'w' / 'checkpoints')
 
 
+# `python -m vaejax.main` in this process, then one JSON line: the run this
+# process joined, and every file it opened for writing (or renamed into
+# place) under the workdir.
+JOINED_MAIN = '''
+import json, os, runpy, sys
+workdir = os.path.abspath(next(arg.split('=', 1)[1] for arg in sys.argv
+                               if arg.startswith('--workdir=')))
+written = set()
+
+def record_writes(event, args):
+  if event == 'open' and isinstance(args[0], (str, bytes, os.PathLike)):
+    path, mode, flags = args
+    writes = (any(c in mode for c in 'wax+') if mode
+              else flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+  elif event in ('os.rename', 'os.replace'):
+    path, writes = args[1], True
+  else:
+    return
+  path = os.path.abspath(os.fsdecode(path))
+  if writes and path.startswith(workdir + os.sep):
+    written.add(os.path.relpath(path, workdir))
+
+sys.addaudithook(record_writes)
+sys.argv[0] = 'vaejax.main'
+try:
+  runpy.run_module('vaejax.main', run_name='__main__', alter_sys=True)
+except SystemExit as e:
+  status = e.code
+import jax
+print(json.dumps({'status': status, 'process_index': jax.process_index(),
+                  'process_count': jax.process_count(),
+                  'device_count': jax.device_count(),
+                  'written': sorted(written)}))
+'''
+
+
 def test_two_processes_match_one_process_with_four_devices(tiny_data_dir,
                                                            tmp_path):
-  """2 processes x 2 devices == 1 process x 4 devices after N steps."""
+  """2 processes x 2 devices join one run that equals 1 process x 4
+  devices after N steps: parameters and evaluation metrics (gathered from
+  both processes); only process 0 writes anything but checkpoints."""
   common = ['--config', 'experiments/vae.py:runlocal',
             f'--config.data.dir={tiny_data_dir}', '--config.batch_size=32',
             '--config.eval.batch_size=32', '--config.eval.iwae_batch_size=32',
@@ -95,20 +135,27 @@ def test_two_processes_match_one_process_with_four_devices(tiny_data_dir,
   assert single.returncode == 0, single.stderr[-3000:]
   port = free_port()
   processes = [subprocess.Popen(
-      [sys.executable, '-m', 'vaejax.main', *common,
+      [sys.executable, '-c', JOINED_MAIN, *common,
        f'--workdir={tmp_path / "multi"}',
        f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
        f'--process_id={i}'],
       cwd=REPO_ROOT, env=device_env(2), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in range(2)]
+  reports = []
   for p in processes:
-    _, stderr = p.communicate(timeout=600)
+    stdout, stderr = p.communicate(timeout=600)
     assert p.returncode == 0, stderr[-3000:]
+    reports.append(json.loads(stdout.strip().splitlines()[-1]))
+  # One run of 2 processes over 4 devices, not two runs of 2 devices each.
+  for index, report in enumerate(reports):
+    assert report['status'] in (0, None), report
+    assert (report['process_index'], report['process_count'],
+            report['device_count']) == (index, 2, 4)
 
-  config = experiment_files.load_config(
+  config = loading.load_config(
       'experiments/vae.py:runlocal', **{'data.dir': tiny_data_dir,
                                         'batch_size': 32})
-  exp = experiment.build_experiment(config)
+  exp = stages.build_experiment(config)
   template = experiment.init_state(exp)
   states = {}
   for name in ('single', 'multi'):
@@ -129,5 +176,27 @@ def test_two_processes_match_one_process_with_four_devices(tiny_data_dir,
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
     close = np.isclose(a, b, rtol=1e-5, atol=1e-6)
     assert close.mean() > 0.999, (close.size - close.sum(), close.size)
-  # Only process 0 writes the config, metrics and pictures.
-  assert os.path.exists(tmp_path / 'multi' / 'eval' / 'metrics.json')
+
+  # The final evaluation of the joined run: each process evaluates its
+  # devices' share of the 64 examples, and the means are of all of them.
+  metrics = {}
+  for name in ('single', 'multi'):
+    with open(tmp_path / name / 'eval' / 'metrics.json') as f:
+      metrics[name] = json.load(f)
+    del metrics[name]['train_seconds_this_run']
+  assert metrics['multi'].keys() == metrics['single'].keys()
+  assert metrics['multi']['eval_examples'] == 64
+  for key, value in metrics['single'].items():
+    np.testing.assert_allclose(metrics['multi'][key], value, rtol=1e-5,
+                               err_msg=key)
+
+  # Only process 0 writes the config, metrics, pictures and TensorBoard
+  # events; process 1 writes at most its share of the checkpoints.
+  written_by_0 = reports[0]['written']
+  for expected in ('config.json', os.path.join('eval', 'metrics.json')):
+    assert expected in written_by_0, written_by_0
+  for prefix in ('images', 'tensorboard'):
+    assert any(path.startswith(prefix + os.sep) for path in written_by_0)
+  written_by_1 = reports[1]['written']
+  assert all(path.startswith('checkpoints' + os.sep)
+             for path in written_by_1), written_by_1

@@ -57,9 +57,9 @@ from vaejax import cli
 from vaejax import data as data_lib
 from vaejax import errors
 from vaejax import experiment
-from vaejax import experiment_files
 from vaejax import profiling
 from vaejax import sharding
+from vaejax import stages
 from vaejax import train
 from vaejax.data import pipeline
 
@@ -191,12 +191,12 @@ def load_data(config):
     return random_dataset(config.data.name)
 
 
-def train_program(case, exp, conv_impl):
+def train_program(case, exp, conv_impl=None):
   """(train_chunk, initial state) of a case, its convolutions by
-  `conv_impl`."""
+  `conv_impl` (default: the config's `model.conv_impl`)."""
   if case.program:
-    return case.program(exp, conv_impl)
-  if conv_impl != exp.config.model.get('conv_impl', conv_impl):
+    return case.program(exp, conv_impl or exp.config.model.conv_impl)
+  if conv_impl is not None and conv_impl != exp.config.model.conv_impl:
     config = exp.config.copy_and_resolve_references()
     config.model.conv_impl = conv_impl
     exp = experiment.build_experiment(config, exp.dataset)
@@ -238,12 +238,11 @@ def run_case(name, windows, steps_per_window=None, profile_dir=None,
              extra_overrides=None):
   case = CASES[name]
   steps = steps_per_window or case.steps_per_window
-  config = experiment_files.load_config(
+  config = loading.load_config(
       case.spec, steps_per_dispatch=steps,
       **{**case.overrides, **(extra_overrides or {})})
-  exp = experiment.build_experiment(config, load_data(config))
-  conv_impl = config.model.get('conv_impl', 'auto')
-  train_chunk, state = train_program(case, exp, conv_impl)
+  exp = stages.build_experiment(config, load_data(config))
+  train_chunk, state = train_program(case, exp)
   feed = pipeline.TrainFeed(exp.dataset.train, exp.mesh, config.seed,
                             config.batch_size)
   flops = flops_per_example(exp, state, feed, train_chunk)

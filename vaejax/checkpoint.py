@@ -1,7 +1,7 @@
 """Checkpoints with orbax: save, restore-or-init, exact resume, and faults.
 
-Checkpoints live in `workdir/checkpoints/<step>`; the experiment config is
-saved as `workdir/config.json`. What a long run can meet, and what happens:
+Checkpoints live in `workdir/checkpoints/<step>` (the layout is
+`vaejax.workdir`). What a long run can meet, and what happens:
   * A kill during a write: orbax writes each step to a temporary directory
     (`<step>.orbax-checkpoint-tmp*`) and renames it when complete, so the
     previous checkpoints stay as they were; the temporary directory is
@@ -28,8 +28,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from vaejax import errors
+from vaejax import workdir as workdir_lib
 
-CORRUPT_DIR_NAME = 'corrupt_checkpoints'
 # Arrays listed in an IncompatibleCheckpointError; the rest are counted.
 MAX_LISTED_DIFFERENCES = 8
 
@@ -42,15 +42,11 @@ class IncompatibleCheckpointError(errors.WorkdirError):
   """The workdir's checkpoints do not fit the state of the current config."""
 
 
-def checkpoint_dir(workdir):
-  return os.path.join(os.path.abspath(workdir), 'checkpoints')
-
-
 def create_manager(workdir, max_to_keep=3):
   # The item handler lets `resume` read a checkpoint's array metadata
   # (shapes) before restoring it.
   return ocp.CheckpointManager(
-      checkpoint_dir(workdir),
+      workdir_lib.checkpoint_dir(workdir),
       options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
                                            create=True),
       item_handlers=ocp.StandardCheckpointHandler())
@@ -202,10 +198,10 @@ def _incompatible(workdir, step, differences, config):
   listed = differences[:MAX_LISTED_DIFFERENCES]
   if len(differences) > len(listed):
     listed.append(f'... and {len(differences) - len(listed)} more')
-  message = (f'the checkpoints in {checkpoint_dir(workdir)} (latest usable: '
+  message = (f'the checkpoints in {workdir_lib.checkpoint_dir(workdir)} (latest usable: '
              f'step {step}) do not fit the state of the current config:\n  '
              + '\n  '.join(listed))
-  saved_config = load_config_dict(workdir)
+  saved_config = workdir_lib.load_config_dict(workdir)
   if saved_config is not None:
     changed = config_differences(saved_config, config)
     message += (f'\nConfig keys that differ from {workdir}/config.json: '
@@ -218,8 +214,8 @@ def _incompatible(workdir, step, differences, config):
 
 def _set_aside(manager, workdir, step, error):
   """Moves unreadable checkpoint `step` out of the way, keeping its files."""
-  source = os.path.join(checkpoint_dir(workdir), str(step))
-  target = os.path.join(os.path.abspath(workdir), CORRUPT_DIR_NAME, str(step))
+  source = os.path.join(workdir_lib.checkpoint_dir(workdir), str(step))
+  target = os.path.join(workdir_lib.corrupt_dir(workdir), str(step))
   copy = 1
   while os.path.exists(target):  # set aside before, then written again
     target = os.path.join(os.path.dirname(target), f'{step}.{copy}')
@@ -291,7 +287,7 @@ def resume(manager, state_like, workdir, config):
       lambda step, error: _set_aside(manager, workdir, step, error))
   if state is None and set_aside:
     raise errors.WorkdirError(
-        f'no checkpoint in {checkpoint_dir(workdir)} can be read; they were '
+        f'no checkpoint in {workdir_lib.checkpoint_dir(workdir)} can be read; they were '
         f'moved to {", ".join(set_aside)}. Rerun to start again from step 0, '
         f'or use a new --workdir.')
   return state
@@ -306,7 +302,7 @@ def restore_readable(manager, state_like, workdir, config):
   when no checkpoint can be read.
   """
   def warn(step, error):
-    path = os.path.join(checkpoint_dir(workdir), str(step))
+    path = os.path.join(workdir_lib.checkpoint_dir(workdir), str(step))
     logging.warning('Checkpoint %s cannot be read (%s); using the one before '
                     'it. (Left in place: training on in this workdir sets it '
                     'aside.)', path, _cause(error))
@@ -316,30 +312,7 @@ def restore_readable(manager, state_like, workdir, config):
                                        warn)
   if state is None:
     raise errors.WorkdirError(
-        f'no checkpoint in {checkpoint_dir(workdir)} can be read '
+        f'no checkpoint in {workdir_lib.checkpoint_dir(workdir)} can be read '
         f'({", ".join(unreadable) or "none saved"}). Train again with a new '
         f'--workdir; the files were left as they are.')
   return state
-
-
-def save_config(workdir, config):
-  """Writes config.json atomically (write to a temporary file, then rename)."""
-  path = os.path.join(workdir, 'config.json')
-  tmp = path + '.tmp'
-  try:
-    with open(tmp, 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, path)
-  except OSError as e:
-    raise errors.WorkdirError(
-        f'cannot write {path} ({e.strerror or e}). Free space or fix the '
-        f'permissions of the workdir, then rerun the same command.') from e
-
-
-def load_config_dict(workdir):
-  """The saved config of a workdir as a plain dict, or None."""
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)

@@ -9,9 +9,14 @@ from absl import logging as absl_logging
 class QuietLibraryLogs(logging.Filter):
   """Keeps orbax's per-save INFO lines out of the console, and the
   tracebacks of its errors: vaejax reports a failed checkpoint write in one
-  message (orbax's warnings and errors pass as one line each)."""
+  message (orbax's warnings and errors pass as one line each). Also JAX's
+  line about backends it could not start (`Unable to initialize backend
+  'tpu'`), which every CPU or GPU run prints and which means nothing there."""
 
   def filter(self, record):
+    if (record.levelno < logging.WARNING
+        and 'Unable to initialize backend' in record.getMessage()):
+      return False
     if 'orbax' not in record.pathname:
       return True
     record.exc_info = record.exc_text = None

@@ -1,8 +1,10 @@
-"""An experiment built from its config: data, mesh, model, objective, keys.
+"""An experiment built from its config and data: mesh, model family,
+objective, transform, optimiser, keys.
 
-`build_experiment` checks every name in the config and loads the data before
-any training work; `train.train_and_evaluate`, `evaluate` and notebooks all
-start from it.
+`build_experiment(config, dataset)` checks every name in the config and the
+data before any training work. It takes the data set as given; loading it,
+and seeing it through a first stage, is `vaejax.stages.build_experiment`,
+which the train loop, the evaluation command and the notebooks call.
 """
 import dataclasses
 import math
@@ -17,16 +19,15 @@ import optax
 
 from vaejax import data as data_lib
 from vaejax import errors
-from vaejax import evaluate
 from vaejax import models
 from vaejax import objectives
 from vaejax import optim
+from vaejax import prng
 from vaejax import sharding
-from vaejax.data import features
+from vaejax.configs import common
 from vaejax.data import transforms
+from vaejax.models import family as family_lib
 from vaejax.objectives import likelihoods
-
-KEY_STREAMS = ('init', 'data', 'train', 'eval', 'sample')
 
 
 @dataclasses.dataclass
@@ -35,12 +36,15 @@ class Experiment:
   config: ml_collections.ConfigDict
   dataset: Any
   mesh: jax.sharding.Mesh
+  family: family_lib.Family
   model: nn.Module
   objective: Callable
   likelihood: Any
   transform: transforms.Transform
   optimizer: optax.GradientTransformation
   keys: dict
+  # `vaejax.stages.FirstStage` of a second-stage experiment, else None.
+  first_stage: Any = None
 
   @property
   def image_shape(self):
@@ -51,32 +55,17 @@ class Experiment:
     return math.prod(self.image_shape)
 
 
-def named_keys(seed):
-  """The root key split into the named streams of KEY_STREAMS."""
-  keys = jax.random.split(jax.random.key(seed), len(KEY_STREAMS))
-  return dict(zip(KEY_STREAMS, keys))
-
-
 def check_names(config):
-  """Fails fast on any unknown component name, before data is loaded."""
+  """Fails fast on any unknown component name and any numeric setting out
+  of its range (`configs.common.RANGES`), before data is loaded."""
   models.MODELS.get(config.model.name)
   objectives.OBJECTIVES.get(config.objective.name)
   likelihoods.LIKELIHOODS.get(config.objective.likelihood)
   transforms.TRANSFORMS.get(config.data.transform)
   optim.OPTIMIZERS.get(config.optimizer.name)
-  optim.SCHEDULES.get(config.optimizer.get('schedule', 'constant'))
-  for name in config.eval.get('extras', ()):
-    evaluate.EVALUATIONS.get(name)
-  for name in config.eval.get('figures', ()):
-    evaluate.FIGURES.get(name)
-  if config.data.name not in data_lib.KNOWN_DATASETS:
-    raise data_lib.DataError(
-        f'Unknown dataset {config.data.name!r}. Known datasets: '
-        f'{", ".join(sorted(data_lib.KNOWN_DATASETS))}.')
-  for name in ('batch_size', 'num_train_steps', 'steps_per_dispatch'):
-    if config[name] <= 0:
-      raise errors.ConfigError(
-          f'config.{name} must be positive, got {config[name]}.')
+  optim.SCHEDULES.get(config.optimizer.schedule)
+  data_lib.check_data_config(config.data)
+  common.check_ranges(config)
 
 
 def check_dataset(dataset, transform_name):
@@ -92,17 +81,13 @@ def check_dataset(dataset, transform_name):
     split = getattr(dataset, split_name)
     if split is None:
       continue
-    images, labels = np.asarray(split.images), np.asarray(split.labels)
+    images = np.asarray(split.images)
     where = f'{split_name} split of {dataset.source}'
     if images.shape[1:] != tuple(dataset.image_shape):
       raise data_lib.DataError(
           f'{where}: images of shape {list(images.shape)}, expected [N, '
           f'{", ".join(map(str, dataset.image_shape))}] (the data set\'s '
           f'image_shape).')
-    if labels.shape != (len(images),):
-      raise data_lib.DataError(
-          f'{where}: {len(images)} images but labels of shape '
-          f'{list(labels.shape)}; pass one label per image.')
     if transform_name != 'features' and images.dtype != np.uint8:
       raise data_lib.DataError(
           f'{where}: images are {images.dtype}, but config.data.transform='
@@ -118,6 +103,19 @@ def check_dataset(dataset, transform_name):
             f'). Remove or '
             f'repair them; for a first stage\'s features, check that the '
             f'first stage trained without diverging.')
+    if (split.labels is None) != (dataset.num_classes == 0):
+      raise data_lib.DataError(
+          f'{where}: labels are {"absent" if split.labels is None else "given"}'
+          f' but the data set has num_classes={dataset.num_classes}; an '
+          f'unlabelled data set has labels=None in every split and '
+          f'num_classes=0.')
+    if split.labels is None:
+      continue
+    labels = np.asarray(split.labels)
+    if labels.shape != (len(images),):
+      raise data_lib.DataError(
+          f'{where}: {len(images)} images but labels of shape '
+          f'{list(labels.shape)}; pass one label per image.')
     if not np.issubdtype(labels.dtype, np.integer):
       raise data_lib.DataError(
           f'{where}: labels are {labels.dtype}; pass integer class indices.')
@@ -129,32 +127,38 @@ def check_dataset(dataset, transform_name):
           f'(or the data set\'s num_classes).')
 
 
-def build_experiment(config, dataset=None):
-  """Checks the config, loads the data and builds every component."""
+def build_experiment(config, dataset, first_stage=None):
+  """Checks the config and `dataset` and builds every component.
+
+  `dataset` is the data the model trains on, as `vaejax.stages` gives it
+  (a first stage's features replacing the images, when there is one, and
+  that stage as `first_stage`).
+  """
   check_names(config)
-  mesh = sharding.make_mesh(config.get('num_devices'))
+  mesh = sharding.make_mesh(config.num_devices)
   sharding.check_batch_divisible(config.batch_size, mesh)
   sharding.check_batch_divisible(config.eval.batch_size, mesh,
                                  'config.eval.batch_size')
-  dataset = dataset or data_lib.load_dataset(config.data)
-  dataset = features.extract_features(config, dataset)
   check_dataset(dataset, config.data.transform)
   if len(dataset.train.images) < config.batch_size:
     raise errors.ConfigError(
         f'config.batch_size={config.batch_size} is larger than the training '
         f'set ({len(dataset.train.images)} examples).')
   likelihood = likelihoods.get_likelihood(config.objective)
+  family = models.build_family(config, dataset.image_shape, likelihood)
   return Experiment(
       config=config,
       dataset=dataset,
       mesh=mesh,
-      model=models.build_model(config, dataset.image_shape, likelihood),
+      family=family,
+      model=family.model,
       objective=objectives.get_objective(config),
       likelihood=likelihood,
       transform=transforms.get_transform(config.data.transform),
       optimizer=optim.make_optimizer(config.optimizer,
                                      config.num_train_steps),
-      keys=named_keys(config.seed))
+      keys=prng.named_keys(config.seed),
+      first_stage=first_stage)
 
 
 def init_state(exp):

@@ -52,7 +52,8 @@ class ProgressReporter:
   """Logs `step/total`, chosen metrics, steps/s, examples/s and ETA.
 
   Rates count only time spent training (dispatch to metrics on the host),
-  not evaluation or checkpointing between chunks; the ETA uses them too.
+  not evaluation or checkpointing between chunks. The ETA leaves out the
+  first chunk of a run (it includes compilation) once later chunks exist.
   """
 
   def __init__(self, num_steps, batch_size):
@@ -60,16 +61,30 @@ class ProgressReporter:
     self.batch_size = batch_size
     self._steps = 0
     self._seconds = 0.0
+    self._chunks = 0
+    self._steady_steps = 0
+    self._steady_seconds = 0.0
 
   def add(self, steps, seconds):
     self._steps += steps
     self._seconds += seconds
+    self._chunks += 1
+    if self._chunks > 1:
+      self._steady_steps += steps
+      self._steady_seconds += seconds
+
+  def steady_rate(self):
+    """Steps per second after the first chunk (None before a second)."""
+    if not self._steady_steps:
+      return None
+    return self._steady_steps / max(self._steady_seconds, 1e-9)
 
   def report(self, step, scalars):
     """Logs one line; returns the rates since the last report."""
     steps_per_s = self._steps / max(self._seconds, 1e-9)
     self._steps, self._seconds = 0, 0.0
-    eta = (self.num_steps - step) / steps_per_s if steps_per_s > 0 else np.inf
+    eta_rate = self.steady_rate() or steps_per_s
+    eta = (self.num_steps - step) / eta_rate if eta_rate > 0 else np.inf
     shown = ' '.join(f'{k}={float(v):.4g}' for k, v in scalars.items())
     logging.info(
         '[%d/%d %3.0f%%] %s | %.1f steps/s, %.0f examples/s, ETA %s',
@@ -78,3 +93,10 @@ class ProgressReporter:
         format_duration(eta) if np.isfinite(eta) else '?')
     return {'steps_per_s': steps_per_s,
             'examples_per_s': steps_per_s * self.batch_size}
+
+
+def format_metrics(metrics):
+  """One `name: value` line per metric, names aligned."""
+  width = max(map(len, metrics))
+  return '\n'.join(f'{name:>{width}s}: {value:.6g}'
+                   for name, value in sorted(metrics.items()))

@@ -28,9 +28,10 @@ from absl import flags
 import jax
 import numpy as np
 
-from vaejax import checkpoint
-from vaejax import experiment
-from vaejax import experiment_files
+from vaejax import data as data_lib
+from vaejax import stages
+from vaejax import workdir as workdir_lib
+from vaejax.configs import loading
 
 flags.DEFINE_string('config', 'experiments/vae.py:runlocal',
                     'Experiment file and variants of the run.')
@@ -84,7 +85,7 @@ def read(path):
 def wait_for_checkpoint(process, workdir, step, log_path):
   """Returns when checkpoint `step` is complete (orbax renames it into
   place), or the process ended."""
-  path = os.path.join(checkpoint.checkpoint_dir(workdir), str(step))
+  path = os.path.join(workdir_lib.checkpoint_dir(workdir), str(step))
   while not os.path.isdir(path) and process.poll() is None:
     time.sleep(0.02)
   if not os.path.isdir(path):
@@ -93,7 +94,7 @@ def wait_for_checkpoint(process, workdir, step, log_path):
 
 
 def checkpoint_steps(workdir):
-  names = os.listdir(checkpoint.checkpoint_dir(workdir))
+  names = os.listdir(workdir_lib.checkpoint_dir(workdir))
   complete = sorted(int(name) for name in names if name.isdigit())
   being_written = sorted(int(name.split('.')[0]) for name in names
                          if '.orbax-checkpoint-tmp' in name)
@@ -115,17 +116,15 @@ def uninterrupted_run(workdir):
 
 
 class FinalStates:
-  """Restores the final checkpoint of a workdir of the soak's config."""
+  """The newest checkpoint of a workdir of the soak's config, as leaves."""
 
   def __init__(self):
-    config = experiment_files.load_config(FLAGS.config, **run_overrides())
-    self.template = experiment.init_state(experiment.build_experiment(config))
+    self.config = loading.load_config(FLAGS.config, **run_overrides())
+    self.dataset = data_lib.load_dataset(self.config.data)
 
   def __call__(self, workdir):
-    manager = checkpoint.create_manager(workdir)
-    state = checkpoint.restore_latest(manager, self.template)
-    manager.close()
-    return jax.tree.leaves(jax.device_get(state))
+    trained = stages.restore(workdir, self.config, self.dataset)
+    return jax.tree.leaves(jax.device_get(trained.state))
 
 
 def describe_steps(complete, being_written):

@@ -20,15 +20,15 @@ fold_in(fold_in(train_key, s), i), so the numbers do not depend on the
 device count. The data order is a NumPy permutation per epoch seeded by
 (seed, epoch): a resumed run sees exactly the batches of an uninterrupted one.
 
-Faults: SIGTERM or Ctrl-C (SIGINT) saves a checkpoint at the step reached
-and raises `Interrupted`; a NaN or inf loss or gradient norm raises
-`NonFiniteError` before anything after the last good checkpoint is saved;
-`checkpoint.resume` deals with unreadable and incompatible checkpoints.
+Faults (`vaejax.faults`): SIGTERM or Ctrl-C (SIGINT) saves a checkpoint at
+the step reached and raises `Interrupted`; a NaN or inf loss or gradient
+norm raises `NonFiniteError` before anything after the last good checkpoint
+is saved; `checkpoint.resume` deals with unreadable and incompatible
+checkpoints.
 """
 import logging
 import os
 import signal
-import threading
 import time
 
 import jax
@@ -36,91 +36,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
-from jax.experimental import multihost_utils
 from jax.sharding import PartitionSpec as P
 
 from vaejax import checkpoint
-from vaejax import evaluate
+from vaejax import evaluators
 from vaejax import experiment
+from vaejax import faults
 from vaejax import metric_writers
+from vaejax import prng
 from vaejax import sharding
+from vaejax import stages
+from vaejax import workdir as workdir_lib
 from vaejax.data import pipeline
 
 # Logged as the sum over each log interval (a count), not the mean.
 SUMMED_METRICS = ('skipped_updates',)
-
-
-class NonFiniteError(FloatingPointError):
-  """Training produced NaN or inf; the last good checkpoint is kept."""
-
-
-class Interrupted(Exception):
-  """SIGTERM or SIGINT stopped training after a checkpoint was saved."""
-
-  def __init__(self, message, signal_number):
-    super().__init__(message)
-    self.signal_number = signal_number
-
-
-class StopSignals:
-  """Turns SIGTERM and SIGINT into a request to stop between chunks.
-
-  A preempted or Ctrl-C'd run then saves the steps it has done instead of
-  losing those since the last checkpoint. The first signal restores the
-  previous handler, so a second one acts at once (Ctrl-C twice). Handlers
-  can only be installed from the main thread; a run in another thread keeps
-  the usual behaviour.
-  """
-  SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-  def __init__(self):
-    self.received = None
-    self._previous = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      for signal_number in self.SIGNALS:
-        self._previous[signal_number] = signal.signal(signal_number,
-                                                      self._handle)
-    return self
-
-  def _handle(self, signal_number, frame):
-    del frame
-    self.received = signal_number
-    self._restore(signal_number)
-
-  def _restore(self, signal_number):
-    previous = self._previous.get(signal_number)
-    # None: a handler installed from C, which Python cannot reinstall.
-    signal.signal(signal_number,
-                  signal.SIG_DFL if previous is None else previous)
-
-  def __exit__(self, *exc_info):
-    for signal_number in self._previous:
-      self._restore(signal_number)
-
-  def stop_requested(self):
-    """The number of the signal that stops the run, or None.
-
-    With several processes, a signal to any of them stops all at the same
-    step, since saving a checkpoint is collective.
-    """
-    received = self.received or 0
-    if jax.process_count() > 1:
-      received = int(np.max(multihost_utils.process_allgather(
-          np.int32(received))))
-    return received or None
-
-
-def example_keys(step_key, positions):
-  """One key per example, from its position in the global batch."""
-  return jax.vmap(jax.random.fold_in, in_axes=(None, 0))(step_key, positions)
-
-
-def split_per_example(keys, num):
-  """[B] keys -> tuple of `num` arrays of [B] keys (independent streams)."""
-  split = jax.vmap(lambda k: jax.random.split(k, num))(keys)
-  return tuple(split[:, i] for i in range(num))
 
 
 def make_train_chunk(exp, data_on_device=True):
@@ -138,7 +68,7 @@ def make_train_chunk(exp, data_on_device=True):
   train_key = exp.keys['train']
   model, objective, transform = exp.model, exp.objective, exp.transform
   optimizer = exp.optimizer
-  skip_threshold = exp.config.optimizer.get('skip_update_above_grad_norm', 0.0)
+  skip_threshold = exp.config.optimizer.skip_update_above_grad_norm
 
   def across_devices(collective, tree):
     # A mean over one device is the identity; XLA:CPU would still run it.
@@ -153,8 +83,8 @@ def make_train_chunk(exp, data_on_device=True):
     # The named scopes label the ops in a profile (`python -m
     # vaejax.benchmark --profile`, TensorBoard's profiler).
     with jax.named_scope('inputs'):
-      keys = example_keys(jax.random.fold_in(train_key, step), positions)
-      data_keys, objective_keys = split_per_example(keys, 2)
+      data_keys, objective_keys = prng.data_and_objective_keys(
+          jax.random.fold_in(train_key, step), positions)
       batch = dict(local_batch_data,
                    inputs=transform.apply(data_keys, local_batch_data['image']))
 
@@ -214,8 +144,10 @@ def make_train_chunk(exp, data_on_device=True):
 
   def chunk_from_device_data(state, images, labels, indices):
     def gather_and_step(state, step_indices):
-      return train_step(state, {'image': images[step_indices],
-                                'label': labels[step_indices]})
+      batch = {'image': images[step_indices]}
+      if labels is not None:  # None: an unlabelled data set.
+        batch['label'] = labels[step_indices]
+      return train_step(state, batch)
     return lax.scan(gather_and_step, state, indices)
 
   def chunk_from_host_batches(state, batches):
@@ -250,31 +182,6 @@ def next_boundary(step, config):
   return min(candidates)
 
 
-def check_finite(metrics, first_step, last_checkpoint=None):
-  """Raises NonFiniteError naming the first step and metric that is not finite.
-
-  `last_checkpoint` (a path) is the one the message tells the user to resume
-  from.
-  """
-  for name in ('loss', 'grad_norm'):
-    values = metrics[name]
-    bad = np.flatnonzero(~np.isfinite(values))
-    if bad.size:
-      step = first_step + int(bad[0]) + 1
-      if last_checkpoint is None:
-        kept = 'no checkpoint had been written yet'
-      else:
-        kept = (f'the last good checkpoint, {last_checkpoint}, is kept: '
-                f'rerun the same command with a lower '
-                f'--config.optimizer.learning_rate or with '
-                f'--config.optimizer.skip_update_above_grad_norm set to '
-                f'resume from it')
-      raise NonFiniteError(
-          f'{name} became {values[bad[0]]} at step {step}. Training stopped; '
-          f'{kept}. Otherwise start a new --workdir with '
-          f'config.optimizer.grad_clip_norm set, or check the data.')
-
-
 def summarize(chunk_metrics):
   """Per-step metrics of the chunks since the last log -> one number each:
   the mean, or for counts (SUMMED_METRICS) the sum."""
@@ -287,7 +194,7 @@ def summarize(chunk_metrics):
 
 
 def step_path(workdir, step):
-  return os.path.join(checkpoint.checkpoint_dir(workdir), str(int(step)))
+  return os.path.join(workdir_lib.checkpoint_dir(workdir), str(int(step)))
 
 
 def train_steps(exp, state, manager, writer, evaluator, workdir):
@@ -300,7 +207,7 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
     checkpoint.CheckpointWriteError: a checkpoint could not be written.
   """
   config = exp.config
-  data_on_device = config.data.get('on_device', True)
+  data_on_device = config.data.on_device
   feed = pipeline.TrainFeed(exp.dataset.train, exp.mesh, config.seed,
                             config.batch_size, data_on_device)
   train_chunk = make_train_chunk(exp, data_on_device)
@@ -313,7 +220,7 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
                exp.dataset.source, len(exp.dataset.train.images),
                exp.mesh.shape[sharding.DATA_AXIS], step, num_steps)
   pending = []
-  with StopSignals() as signals:
+  with faults.StopSignals() as signals:
     try:
       while step < num_steps:
         end = next_boundary(step, config)
@@ -324,7 +231,7 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
                       next_boundary(end, config) if end < num_steps else end)
         metrics = sharding.to_host(metrics)
         progress.add(end - step, time.perf_counter() - chunk_start)
-        check_finite(metrics, step, last_checkpoint)
+        faults.check_finite(metrics, step, last_checkpoint)
         pending.append(metrics)
         step = end
         if step % config.log_every == 0 or step == num_steps:
@@ -338,6 +245,11 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
           eval_metrics = evaluator.evaluate(state, step, quick=True)
           writer.write_scalars(step, {f'eval/{k}': v
                                       for k, v in eval_metrics.items()})
+          logging.info('[%d/%d] eval on %d %s examples: %s', step, num_steps,
+                       eval_metrics['eval_examples'], evaluator.split_name,
+                       ' '.join(f'{k}={v:.4g}' for k, v in
+                                sorted(eval_metrics.items())
+                                if k != 'eval_examples'))
         if (config.checkpoint_every and step % config.checkpoint_every == 0
             or step == num_steps):
           checkpoint.save(manager, step, state)
@@ -346,7 +258,7 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
         if stop_signal:
           checkpoint.save(manager, step, state)
           checkpoint.wait_until_finished(manager)
-          raise Interrupted(
+          raise faults.Interrupted(
               f'{signal.Signals(stop_signal).name} received: saved a '
               f'checkpoint at step {step} in {step_path(workdir, step)}. '
               f'Rerun the same command to resume from it.', stop_signal)
@@ -363,25 +275,35 @@ def train_and_evaluate(config, workdir, dataset=None):
   `train_steps` for what can stop training. Pending checkpoint writes finish
   before any of these propagates.
 
-  Returns a dict with the final train state and the final evaluation metrics.
+  A rerun of a finished run with the same config does not train or evaluate
+  again: it returns the saved final metrics (`complete=True`).
+
+  Returns {'state', 'metrics', 'complete', 'metrics_path', 'figure_paths',
+  'tensorboard_dir'}: the final train state, the final evaluation metrics
+  and where the run's outputs are.
   """
-  exp = experiment.build_experiment(config, dataset)
+  exp = stages.build_experiment(config, dataset)
   is_main_process = jax.process_index() == 0
   checkpoint.check_writable(workdir)
-  manager = checkpoint.create_manager(workdir,
-                                      config.get('checkpoints_to_keep', 3))
+  saved_config = workdir_lib.load_config_dict(workdir)
+  manager = checkpoint.create_manager(workdir, config.checkpoints_to_keep)
   try:
     state = experiment.init_state(exp)
     restored = checkpoint.resume(manager, state, workdir, config)
     if restored is not None:
       state = restored
       logging.info('Resumed from %s at step %d.',
-                   checkpoint.checkpoint_dir(workdir), int(state['step']))
+                   workdir_lib.checkpoint_dir(workdir), int(state['step']))
+      finished = finished_run(workdir, config, saved_config,
+                              int(state['step']))
+      if finished is not None:
+        manager.close()
+        return dict(finished, state=state)
     if is_main_process:
-      checkpoint.save_config(workdir, config)
+      workdir_lib.save_config(workdir, config)
     writer = metric_writers.MetricWriter(
-        os.path.join(workdir, 'tensorboard'), enabled=is_main_process)
-    evaluator = evaluate.Evaluator(exp)
+        workdir_lib.tensorboard_dir(workdir), enabled=is_main_process)
+    evaluator = evaluators.build(exp)
     train_start = time.perf_counter()
     state = train_steps(exp, state, manager, writer, evaluator, workdir)
     checkpoint.wait_until_finished(manager)
@@ -394,13 +316,41 @@ def train_and_evaluate(config, workdir, dataset=None):
   final_metrics = evaluator.evaluate(state, step, quick=False)
   final_metrics['train_seconds_this_run'] = train_seconds
   writer.write_scalars(step, {f'eval/{k}': v for k, v in final_metrics.items()})
+  figure_paths = {}
   if is_main_process:
     # Pictures are small: process 0 draws them from a host copy of the state.
     for name, grid in evaluator.figures(sharding.to_host(state)).items():
-      evaluator.save_figure(workdir, name, grid, step)
+      figure_paths[name] = evaluator.save_figure(workdir, name, grid, step)
       writer.write_image(step, f'images/{name}', grid)
   if is_main_process:
-    evaluate.write_metrics_json(workdir, step, final_metrics)
+    workdir_lib.write_metrics_json(workdir, step, final_metrics)
   writer.close()
   manager.close()
-  return {'state': state, 'metrics': final_metrics}
+  return {'state': state, 'metrics': final_metrics, 'complete': False,
+          'metrics_path': workdir_lib.metrics_path(workdir),
+          'figure_paths': figure_paths,
+          'tensorboard_dir': workdir_lib.tensorboard_dir(workdir)}
+
+
+def finished_run(workdir, config, saved_config, step):
+  """The outputs of a run that already finished with this same config, or
+  None (then the loop trains on, or evaluates again because a setting
+  changed)."""
+  if step < config.num_train_steps or saved_config is None:
+    return None
+  if checkpoint.config_differences(saved_config, config):
+    return None
+  saved = workdir_lib.read_metrics_json(workdir)
+  if saved is None or saved.pop('step') != step:
+    return None
+  logging.info('The run in %s is complete (step %d) and its config is '
+               'unchanged: nothing to train or evaluate. To evaluate it '
+               'again: python -m vaejax.evaluate --workdir %s', workdir, step,
+               workdir)
+  figure_paths = {
+      os.path.basename(path).rsplit('_step', 1)[0]: path
+      for path in workdir_lib.figure_paths(workdir, step)}
+  return {'metrics': saved, 'complete': True,
+          'metrics_path': workdir_lib.metrics_path(workdir),
+          'figure_paths': figure_paths,
+          'tensorboard_dir': workdir_lib.tensorboard_dir(workdir)}

@@ -1,13 +1,15 @@
-"""Data sets in memory (IDX files or TFDS) and the IDX file format."""
+"""Data sets in memory (IDX files, TFDS, .npz files, image folders) and the
+IDX file format."""
 
+from vaejax.data.dataset import Dataset
+from vaejax.data.dataset import Split
 from vaejax.data.idx import DataError
 from vaejax.data.idx import read_idx
 from vaejax.data.idx import write_idx
+from vaejax.data.loading import check_data_config
+from vaejax.data.loading import load_dataset
 from vaejax.data.sources import DataNotFoundError
-from vaejax.data.sources import Dataset
 from vaejax.data.sources import KNOWN_DATASETS
-from vaejax.data.sources import load_dataset
-from vaejax.data.sources import Split
 
 __all__ = [
     'DataError',
@@ -15,6 +17,7 @@ __all__ = [
     'Dataset',
     'KNOWN_DATASETS',
     'Split',
+    'check_data_config',
     'load_dataset',
     'read_idx',
     'write_idx',

@@ -58,16 +58,19 @@ class TrainFeed:
     self._batch_spec = P(None, sharding.DATA_AXIS)
     if on_device:
       self._images = sharding.put_replicated(split.images, mesh)
-      self._labels = sharding.put_replicated(split.labels, mesh)
+      # None for an unlabelled data set: the batches then have no 'label'.
+      self._labels = (None if split.labels is None
+                      else sharding.put_replicated(split.labels, mesh))
     else:
       self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
       self._prefetched = {}
 
   def _host_batches(self, first, end):
     indices = self.order.indices(first, end - first)
-    return sharding.put_global(
-        {'image': self.split.images[indices],
-         'label': self.split.labels[indices]}, self.mesh, self._batch_spec)
+    batches = {'image': self.split.images[indices]}
+    if self.split.labels is not None:
+      batches['label'] = self.split.labels[indices]
+    return sharding.put_global(batches, self.mesh, self._batch_spec)
 
   def chunk_args(self, first, end):
     """Arguments after `state` for the chunk of steps [first, end)."""

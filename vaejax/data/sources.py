@@ -1,14 +1,15 @@
 """Loading whole image-classification data sets into memory as numpy arrays.
 
-Two sources, tried in this order when `source='auto'`:
+The data sets of KNOWN_DATASETS, from two sources, tried in this order when
+`source='auto'`:
   * IDX files (the format MNIST and Fashion-MNIST are distributed in), from
-    `data.dir`, `$VAEJAX_DATA_DIR` or the system directory Debian's
+    `$VAEJAX_DATA_DIR` or the system directory Debian's
     `dataset-fashion-mnist` package installs to;
-  * a TFDS copy prepared in ArrayRecord format, read without TensorFlow. TFDS
-    downloads and prepares one only when TensorFlow is installed and the
-    download host serves a small file within `download_timeout_s`, so a
-    machine without either fails in seconds instead of waiting in TFDS's
-    retry loop.
+  * a TFDS copy prepared in ArrayRecord format, read without TensorFlow,
+    downloaded only with TensorFlow installed and the download host serving
+    a small file within `download_timeout_s` (else failing in seconds).
+A directory the user names (`data.dir`, `data.tfds_data_dir`) is the only
+place read: without the data there, that is an error, not a fallback.
 """
 
 import dataclasses
@@ -26,94 +27,19 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vaejax.data.dataset import Dataset
+from vaejax.data.dataset import Split
 from vaejax.data.idx import DataError
 from vaejax.data.idx import read_idx
+from vaejax.data.known_datasets import DataNotFoundError
+from vaejax.data.known_datasets import DatasetSpec
+from vaejax.data.known_datasets import IDX_FILE_STEMS
+from vaejax.data.known_datasets import KNOWN_DATASETS
 
 # Debian's dataset-* packages install data sets under this directory.
 SYSTEM_DATA_ROOT = '/usr/share/datasets'
 DATA_DIR_ENV_VAR = 'VAEJAX_DATA_DIR'
 SOURCES = ('auto', 'idx', 'tfds')
-IDX_FILE_STEMS = {
-    'train_images': 'train-images-idx3-ubyte',
-    'train_labels': 'train-labels-idx1-ubyte',
-    'test_images': 't10k-images-idx3-ubyte',
-    'test_labels': 't10k-labels-idx1-ubyte',
-}
-
-
-class DataNotFoundError(DataError):
-  """No source has the requested data set; the message lists what was tried."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """What vaejax knows about a data set before loading it."""
-  tfds_name: str
-  system_dir_name: str
-  debian_package: str | None
-  download_url: str
-  image_shape: tuple[int, int, int]
-  class_names: tuple[str, ...]
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-
-KNOWN_DATASETS = {
-    'fashion_mnist': DatasetSpec(
-        tfds_name='fashion_mnist',
-        system_dir_name='fashion-mnist',
-        debian_package='dataset-fashion-mnist',
-        download_url=('http://fashion-mnist.s3-website.eu-central-1'
-                      '.amazonaws.com/'),
-        image_shape=(28, 28, 1),
-        class_names=('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
-                     'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'),
-    ),
-    'mnist': DatasetSpec(
-        tfds_name='mnist',
-        system_dir_name='mnist',
-        debian_package=None,
-        download_url='https://storage.googleapis.com/cvdf-datasets/mnist/',
-        image_shape=(28, 28, 1),
-        class_names=tuple(str(digit) for digit in range(10)),
-    ),
-}
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Split:
-  """Examples of one split: images uint8 [N, H, W, C], labels int32 [N]."""
-  images: np.ndarray
-  labels: np.ndarray
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class Dataset:
-  """A whole data set in memory.
-
-  Attributes:
-    name: the key in KNOWN_DATASETS.
-    train: training examples (without those moved to `validation`).
-    validation: the last `validation_size` training examples, or None.
-    test: test examples.
-    source: where the examples were read from, for logs and reports.
-    image_shape: (H, W, C) of every image.
-    num_classes: labels are in [0, num_classes).
-    class_names: the name of each label.
-  """
-  name: str
-  train: Split
-  validation: Split | None
-  test: Split
-  source: str
-  image_shape: tuple[int, int, int]
-  num_classes: int
-  class_names: tuple[str, ...]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -123,79 +49,74 @@ class _LoadedSplits:
   source: str
 
 
-def load_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
-  """Loads a whole data set into memory from IDX files or a TFDS copy.
+def load_known_dataset(data_config: ml_collections.ConfigDict) -> Dataset:
+  """Loads a data set of KNOWN_DATASETS from IDX files or a TFDS copy.
 
   Args:
-    data_config: with fields `name` (a key of KNOWN_DATASETS) and optionally
-      `dir` (directory with the four IDX files), `source` ('auto', 'idx' or
-      'tfds'; default 'auto'), `tfds_data_dir` (default: $TFDS_DATA_DIR or
-      ~/tensorflow_datasets), `validation_size` (training examples to hold
-      out; default 0) and `download_timeout_s` (connection probe before a
-      TFDS download; default 5).
+    data_config: with fields `name` (a key of KNOWN_DATASETS), `dir`
+      (directory with the four IDX files; when set, the only place read),
+      `source` ('auto', 'idx' or 'tfds'), `tfds_data_dir` (default:
+      $TFDS_DATA_DIR or ~/tensorflow_datasets) and `download_timeout_s`
+      (connection probe before a TFDS download).
 
   Returns:
-    The data set, with `source` saying where it came from.
+    The data set (no validation split), with `source` saying where it came
+    from.
 
   Raises:
     DataNotFoundError: no source has the data; the message lists each
       location tried, why it failed, and how to install the data.
-    DataError: the config is invalid or the data found is malformed.
+    DataError: the config is invalid, `data.dir` is set but does not hold
+      the IDX files, or the data found is malformed.
   """
-  name = data_config.get('name')
-  if name not in KNOWN_DATASETS:
-    raise DataError(f'Unknown data set name {name!r}; known names: '
-                    f'{", ".join(sorted(KNOWN_DATASETS))}.')
+  name = data_config.name
   spec = KNOWN_DATASETS[name]
-  source = data_config.get('source', 'auto')
+  source = data_config.source
   if source not in SOURCES:
     raise DataError(f'Unknown data source {source!r}; known sources: '
                     f'{", ".join(SOURCES)}.')
-
-  failed_attempts = []
-  loaded = None
-  if source in ('auto', 'idx'):
-    loaded = _load_from_idx(name, spec, data_config.get('dir'),
-                            failed_attempts)
-  if loaded is None and source in ('auto', 'tfds'):
-    loaded = _load_from_tfds(spec, data_config.get('tfds_data_dir'),
-                             data_config.get('download_timeout_s', 5.0),
-                             failed_attempts)
-  if loaded is None:
-    raise DataNotFoundError(
-        _not_found_message(name, spec, source, failed_attempts))
-
-  train, validation = _hold_out_validation(
-      loaded.train, data_config.get('validation_size', 0))
-  logging.info('Loaded %s from %s: %d train, %d validation, %d test examples.',
-               name, loaded.source, len(train),
-               len(validation) if validation else 0, len(loaded.test))
+  if data_config.dir and data_config.tfds_data_dir:
+    raise DataError(
+        f'data.dir={data_config.dir!r} (IDX files) and data.tfds_data_dir='
+        f'{data_config.tfds_data_dir!r} (a TFDS copy) are both set; set the '
+        f'one that holds {name}.')
+  if data_config.dir:
+    if source == 'tfds':
+      raise DataError(
+          f'data.dir={data_config.dir!r} names IDX files, but data.source='
+          "'tfds'; for a TFDS copy pass --config.data.tfds_data_dir=DIR, "
+          "or set data.source='idx' (or 'auto').")
+    loaded = _load_from_named_idx_dir(name, spec,
+                                      pathlib.Path(data_config.dir))
+  else:
+    if data_config.tfds_data_dir and source == 'idx':
+      raise DataError(
+          f'data.tfds_data_dir={data_config.tfds_data_dir!r} names a TFDS '
+          "copy, but data.source='idx'; for IDX files pass "
+          '--config.data.dir=DIR.')
+    failed_attempts = []
+    loaded = None
+    # A TFDS directory the user names is the only place read.
+    if source in ('auto', 'idx') and not data_config.tfds_data_dir:
+      loaded = _load_from_idx(name, spec, failed_attempts)
+    if loaded is None and source in ('auto', 'tfds'):
+      loaded = _load_from_tfds(spec, data_config.tfds_data_dir,
+                               data_config.download_timeout_s,
+                               failed_attempts)
+    if loaded is None:
+      raise DataNotFoundError(
+          _not_found_message(name, spec, source, failed_attempts))
+  logging.info('Loaded %s from %s: %d train, %d test examples.',
+               name, loaded.source, len(loaded.train), len(loaded.test))
   return Dataset(
       name=name,
-      train=train,
-      validation=validation,
+      train=loaded.train,
+      validation=None,
       test=loaded.test,
       source=loaded.source,
       image_shape=spec.image_shape,
       num_classes=spec.num_classes,
       class_names=spec.class_names,
-  )
-
-
-def _hold_out_validation(
-    train: Split, validation_size: int
-) -> tuple[Split, Split | None]:
-  """Moves the last `validation_size` training examples to a new split."""
-  if validation_size == 0:
-    return train, None
-  if not 0 < validation_size < len(train):
-    raise DataError(
-        f'validation_size={validation_size} must be 0 (no validation split) '
-        f'or between 1 and {len(train) - 1}: the training split has '
-        f'{len(train)} examples.')
-  return (
-      Split(train.images[:-validation_size], train.labels[:-validation_size]),
-      Split(train.images[-validation_size:], train.labels[-validation_size:]),
   )
 
 
@@ -226,9 +147,10 @@ def _validated_split(
 
 
 def _idx_search_dirs(
-    name: str, spec: DatasetSpec, config_dir: str | os.PathLike | None
+    name: str, spec: DatasetSpec
 ) -> list[tuple[str, pathlib.Path | None]]:
-  """(description, directory or None when unset) for each place to look."""
+  """(description, directory or None when unset) for each place to look
+  when data.dir is not set."""
   env_dir = os.environ.get(DATA_DIR_ENV_VAR) or None
   env_dirs = [None]
   if env_dir:
@@ -236,11 +158,8 @@ def _idx_search_dirs(
         pathlib.Path(env_dir) / sub for sub in
         ('', name, name.replace('_', '-'))))
   system_dir = pathlib.Path(SYSTEM_DATA_ROOT) / spec.system_dir_name
-  return (
-      [('data.dir', pathlib.Path(config_dir) if config_dir else None)]
-      + [(f'${DATA_DIR_ENV_VAR}', d) for d in env_dirs]
-      + [('system data directory', system_dir)]
-  )
+  return ([(f'${DATA_DIR_ENV_VAR}', d) for d in env_dirs]
+          + [('system data directory', system_dir)])
 
 
 def _idx_paths(directory: pathlib.Path) -> dict[str, pathlib.Path]:
@@ -267,12 +186,46 @@ def _read_idx_split(
   return _validated_split(images[..., np.newaxis], labels, spec, origin, fix)
 
 
+def _missing_idx_files(paths: dict[str, pathlib.Path]) -> list[str]:
+  return [f'{IDX_FILE_STEMS[part]}[.gz]'
+          for part in IDX_FILE_STEMS if part not in paths]
+
+
+def _read_idx_dir(spec: DatasetSpec, directory: pathlib.Path,
+                  paths: dict[str, pathlib.Path]) -> _LoadedSplits:
+  return _LoadedSplits(
+      train=_read_idx_split(paths['train_images'], paths['train_labels'],
+                            spec),
+      test=_read_idx_split(paths['test_images'], paths['test_labels'], spec),
+      source=f'IDX files in {directory}',
+  )
+
+
+def _load_from_named_idx_dir(
+    name: str, spec: DatasetSpec, directory: pathlib.Path
+) -> _LoadedSplits:
+  """Reads the directory the user named (data.dir): no other place."""
+  if not directory.is_dir():
+    raise DataNotFoundError(
+        f'data.dir={str(directory)!r} is not a directory. Pass the directory '
+        f'that holds the four {name} IDX files, or leave data.dir unset to '
+        f'search ${DATA_DIR_ENV_VAR}, {SYSTEM_DATA_ROOT} and TFDS.')
+  paths = _idx_paths(directory)
+  missing = _missing_idx_files(paths)
+  if missing:
+    raise DataNotFoundError(
+        f'data.dir={str(directory)!r} does not hold the {name} IDX files: '
+        f'missing {", ".join(missing)}. Put the four files there, or leave '
+        f'data.dir unset to search ${DATA_DIR_ENV_VAR}, {SYSTEM_DATA_ROOT} '
+        f'and TFDS.')
+  return _read_idx_dir(spec, directory, paths)
+
+
 def _load_from_idx(
-    name: str, spec: DatasetSpec, config_dir: str | os.PathLike | None,
-    failed_attempts: list[str]
+    name: str, spec: DatasetSpec, failed_attempts: list[str]
 ) -> _LoadedSplits | None:
   """Reads the first directory holding all four IDX files, if any."""
-  for description, directory in _idx_search_dirs(name, spec, config_dir):
+  for description, directory in _idx_search_dirs(name, spec):
     if directory is None:
       failed_attempts.append(f'IDX files in {description}: not set')
       continue
@@ -281,27 +234,18 @@ def _load_from_idx(
       failed_attempts.append(f'{where}: no such directory')
       continue
     paths = _idx_paths(directory)
-    missing = [f'{IDX_FILE_STEMS[part]}[.gz]'
-               for part in IDX_FILE_STEMS if part not in paths]
+    missing = _missing_idx_files(paths)
     if missing:
       failed_attempts.append(f'{where}: missing {", ".join(missing)}')
       continue
-    if config_dir and directory != pathlib.Path(config_dir):
-      logging.warning('No IDX files in data.dir, so using %s. Tried: %s',
-                      directory, '; '.join(failed_attempts))
-    return _LoadedSplits(
-        train=_read_idx_split(paths['train_images'], paths['train_labels'],
-                              spec),
-        test=_read_idx_split(paths['test_images'], paths['test_labels'], spec),
-        source=f'IDX files in {directory}',
-    )
+    return _read_idx_dir(spec, directory, paths)
   return None
 
 
 # TFDS.
 
 
-def _tensorflow_installed() -> bool:
+def tensorflow_installed() -> bool:
   return importlib.util.find_spec('tensorflow') is not None
 
 
@@ -331,14 +275,14 @@ def can_download(url: str, timeout_s: float) -> bool:
   return succeeded.is_set()
 
 
-def _tfds_data_dir(tfds_data_dir: str | os.PathLike | None) -> pathlib.Path:
+def tfds_data_dir_path(tfds_data_dir: str | os.PathLike | None) -> pathlib.Path:
   """The explicit data dir, else TFDS's default (read now, not at import)."""
   data_dir = (tfds_data_dir or os.environ.get('TFDS_DATA_DIR')
               or '~/tensorflow_datasets')
   return pathlib.Path(data_dir).expanduser()
 
 
-def _prepared_version_dirs(dataset_dir: pathlib.Path) -> list[pathlib.Path]:
+def prepared_version_dirs(dataset_dir: pathlib.Path) -> list[pathlib.Path]:
   """Version directories holding a dataset_info.json, newest first."""
   version_dirs = [
       info_path.parent for info_path in dataset_dir.glob('*/dataset_info.json')
@@ -394,9 +338,9 @@ def _load_from_tfds(
     download_timeout_s: float, failed_attempts: list[str]
 ) -> _LoadedSplits | None:
   """Reads a prepared TFDS copy, preparing one first only if that can work."""
-  data_dir = _tfds_data_dir(tfds_data_dir)
+  data_dir = tfds_data_dir_path(tfds_data_dir)
   dataset_dir = data_dir / spec.tfds_name
-  version_dirs = _prepared_version_dirs(dataset_dir)
+  version_dirs = prepared_version_dirs(dataset_dir)
   if not version_dirs:
     failed_attempts.append(
         f'TFDS copy in {dataset_dir}: not prepared (no '
@@ -405,14 +349,14 @@ def _load_from_tfds(
     builder = tfds.builder_from_directory(version_dir)
     file_format = builder.info.file_format
     if (file_format == tfds.core.FileFormat.ARRAY_RECORD
-        or _tensorflow_installed()):
+        or tensorflow_installed()):
       return _read_tfds_prepared(builder, spec)
     failed_attempts.append(
         f'TFDS copy in {version_dir}: stored as {file_format.value}, which '
         'needs TensorFlow to read; rebuild it with --file_format=array_record')
 
   download = f'TFDS download of {spec.tfds_name} into {data_dir}'
-  if not _tensorflow_installed():
+  if not tensorflow_installed():
     failed_attempts.append(
         f'{download}: TensorFlow is not installed (TFDS needs it to prepare '
         'data)')

@@ -1,7 +1,9 @@
-"""Model registry: `config.model.name` -> builder(model_config, image_shape, likelihood)."""
+"""Model registry: `config.model.name` -> builder(model_config, image_shape,
+likelihood) -> a `family.Family` (the flax module and its abilities)."""
 from vaejax import errors
 from vaejax import registry
 from vaejax.models import autoencoder
+from vaejax.models import family
 from vaejax.models import mixture
 from vaejax.models import vae
 
@@ -15,18 +17,21 @@ MODELS = registry.Registry('model', {
 }, 'config.model.name')
 
 
-def build_model(config, image_shape, likelihood):
-  """Builds the flax module named by `config.model.name` for `image_shape`.
+def build_family(config, image_shape, likelihood):
+  """The family named by `config.model.name`, built for `image_shape`.
 
   Raises an error naming both shapes when the experiment fixes an image shape
-  (`config.model.image_shape`) that differs from the data's.
+  (`config.model.image_shape`) that differs from the
+  data's.
   """
   builder = MODELS.get(config.model.name)
-  expected = config.model.get('image_shape')
+  expected = config.model.image_shape
   if expected and tuple(expected) != tuple(image_shape):
     raise errors.ConfigError(
         f'Model {config.model.name!r} is configured for images of shape '
         f'{tuple(expected)} but the data {config.data.name!r} has images of '
         f'shape {tuple(image_shape)}. Change config.model.image_shape or the '
         f'dataset.')
-  return builder(config.model, tuple(image_shape), likelihood)
+  built = builder(config.model, tuple(image_shape), likelihood)
+  family.check_abilities(built)
+  return built

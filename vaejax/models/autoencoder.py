@@ -19,6 +19,7 @@ import jax.numpy as jnp
 
 from vaejax import errors
 from vaejax import registry
+from vaejax.models import family
 from vaejax.models import vae
 
 CODE_ACTIVATIONS = registry.Registry('code activation', {
@@ -72,6 +73,44 @@ class Autoencoder(nn.Module):
     return self.decode(self.encode(x))
 
 
+class AutoencoderFamily(family.Family):
+  """The contract for a deterministic autoencoder: a code and its decoding.
+
+  The likelihood only turns decoder outputs into images (the sigmoid of BCE
+  logits, the output itself otherwise) and gives `reconstruction_nll`.
+  """
+  LACKING = {
+      'sample': 'a deterministic autoencoder has no prior to sample from',
+      'log_likelihood_bound': 'a deterministic autoencoder defines no p(x)',
+      'posterior_kl_per_dim': 'a deterministic autoencoder has no posterior',
+      'prior_grid': 'a deterministic autoencoder has no prior',
+      'assign_clusters': 'an autoencoder is not a mixture model',
+      'positive_probability': 'an autoencoder is not a classifier',
+  }
+
+  def encode(self, variables, x):
+    return self.model.apply(variables, x, method=self.model.encode)
+
+  def represent(self, variables, x):
+    code = self.encode(variables, x)
+    return code.reshape(code.shape[0], -1)
+
+  def _decoder_output(self, variables, code):
+    return self.model.apply(variables, code, method=self.model.decode)
+
+  def decode(self, variables, code):
+    return self.likelihood.mean(self._decoder_output(variables, code))
+
+  def reconstruct(self, variables, x, keys):
+    del keys
+    return self.decode(variables, self.encode(variables, x))
+
+  def reconstruction_nll(self, variables, x, keys):
+    del keys
+    return -self.likelihood.log_prob(
+        self._decoder_output(variables, self.encode(variables, x)), x)
+
+
 def _check_code(config, image_shape):
   if config.code_dim >= math.prod(image_shape):
     raise errors.ConfigError(
@@ -79,17 +118,17 @@ def _check_code(config, image_shape):
         f'input ({math.prod(image_shape)} values for images of shape '
         f'{tuple(image_shape)}): an undercomplete autoencoder needs a '
         f'bottleneck. Lower config.model.code_dim.')
-  CODE_ACTIVATIONS.get(config.get('code_activation', 'linear'))
+  CODE_ACTIVATIONS.get(config.code_activation)
 
 
 def mlp_autoencoder(config, image_shape, likelihood):
   _check_code(config, image_shape)
   hidden = tuple(config.hidden_sizes)
-  return Autoencoder(
-      encoder=MLPEncoder(hidden, config.code_dim,
-                         config.get('code_activation', 'linear')),
+  model = Autoencoder(
+      encoder=MLPEncoder(hidden, config.code_dim, config.code_activation),
       decoder=vae.MLPDecoder(
           hidden[::-1], vae.output_shape(image_shape, likelihood)))
+  return AutoencoderFamily(model, likelihood, 'mlp_autoencoder')
 
 
 def conv_autoencoder(config, image_shape, likelihood):
@@ -103,11 +142,12 @@ def conv_autoencoder(config, image_shape, likelihood):
         f'height and width divisible by {scale}, but the data has images of '
         f'shape {tuple(image_shape)}. Use fewer entries in '
         f'config.model.channels or the mlp_autoencoder model.')
-  hidden = config.get('hidden_size', 256)
+  hidden = config.hidden_size
   impl = vae.conv_impl(config)
-  return Autoencoder(
+  model = Autoencoder(
       encoder=ConvEncoder(channels, config.code_dim, hidden,
-                          config.get('code_activation', 'linear'), impl),
+                          config.code_activation, impl),
       decoder=vae.ConvDecoder(
           channels, vae.output_shape(image_shape, likelihood), hidden,
           conv_impl=impl))
+  return AutoencoderFamily(model, likelihood, 'conv_autoencoder')

@@ -1,17 +1,24 @@
-"""Variational autoencoder networks: MLP and convolutional encoders/decoders.
+"""Variational autoencoders: MLP and convolutional encoders/decoders, and
+their family (`VAEFamily`, the contract of `vaejax.models.family`).
 
 Encoders map images [B, H, W, C] to (mean, log-variance) [B, latent_dim];
 decoders map codes [B, latent_dim] to the likelihood's parameters
-[B, H, W, C * num_params]. Models are flax.linen modules in NHWC.
+[B, H, W, C * num_params]. Models are flax.linen modules in NHWC. The prior
+is N(0, I) (Kingma & Welling, 2014).
 """
 import math
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
+from jax.scipy.special import ndtri
 
 from vaejax import errors
+from vaejax.models import family
 from vaejax.models import convolutions
+from vaejax.objectives import distributions
+from vaejax.objectives import vae as vae_objectives
 
 
 def mlp_trunk(x, hidden_sizes, dtype):
@@ -125,10 +132,74 @@ class VAE(nn.Module):
     return self.decode(mean)
 
 
+class VAEFamily(family.Family):
+  """The contract for a VAE with a Gaussian posterior and an N(0, I) prior."""
+  LACKING = {
+      'assign_clusters': 'a VAE is not a mixture model',
+      'positive_probability': 'a VAE is not a classifier',
+  }
+
+  def __init__(self, model, likelihood, name, latent_dim):
+    super().__init__(model, likelihood, name)
+    self.latent_dim = latent_dim
+
+  def lacking(self, ability):
+    if ability == 'prior_grid' and self.latent_dim != 2:
+      return (f'the decoded manifold needs a 2-D latent (latent_dim is '
+              f'{self.latent_dim})')
+    return super().lacking(ability)
+
+  def _posterior(self, variables, x):
+    return self.model.apply(variables, x, method=self.model.encode)
+
+  def _decoder_output(self, variables, z):
+    return self.model.apply(variables, z, method=self.model.decode)
+
+  def encode(self, variables, x):
+    """The posterior mean E_q[z | x]."""
+    return self._posterior(variables, x)[0]
+
+  def represent(self, variables, x):
+    mean = self.encode(variables, x)
+    return mean.reshape(mean.shape[0], -1)
+
+  def decode(self, variables, z):
+    return self.likelihood.mean(self._decoder_output(variables, z))
+
+  def reconstruct(self, variables, x, keys):
+    del keys  # Decoded at the posterior mean: deterministic.
+    return self.decode(variables, self.encode(variables, x))
+
+  def reconstruction_nll(self, variables, x, keys):
+    del keys
+    return -self.likelihood.log_prob(
+        self._decoder_output(variables, self.encode(variables, x)), x)
+
+  def sample(self, variables, key, num):
+    z = jax.random.normal(key, (num, self.latent_dim))
+    return self.decode(variables, z)
+
+  def log_likelihood_bound(self, variables, x, keys, num_samples, chunk_size):
+    return vae_objectives.iwae_log_likelihood(
+        self.model, variables, self.likelihood, x, keys, num_samples,
+        chunk_size)
+
+  def posterior_kl_per_dim(self, variables, x):
+    mean, logvar = self._posterior(variables, x)
+    return distributions.gaussian_kl(mean, logvar).reshape(mean.shape[0], -1)
+
+  def prior_grid(self, num_per_axis):
+    """Codes at the N(0, 1) quantiles 5%..95% on each axis; rows from the
+    top of the grid (high z_2) down."""
+    quantiles = ndtri(jnp.linspace(0.05, 0.95, num_per_axis))
+    grid = jnp.stack(jnp.meshgrid(quantiles, quantiles[::-1]), -1)
+    return grid.reshape(-1, 2)
+
+
 def compute_dtype(config):
-  """`config.dtype`: 'float32' (default) or 'bfloat16' for the layers'
-  computation; parameters, optimiser state and the loss stay float32."""
-  name = config.get('dtype', 'float32')
+  """`config.dtype`: 'float32' or 'bfloat16' for the layers' computation;
+  parameters, optimiser state and the loss stay float32."""
+  name = config.dtype
   if name not in ('float32', 'bfloat16'):
     raise errors.ConfigError(
         f"config.model.dtype={name!r}; use 'float32' or 'bfloat16'.")
@@ -139,7 +210,7 @@ def conv_impl(config):
   """`config.conv_impl` resolved for this backend: how convolutions run
   (convolutions.py), 'lax' or 'matmul'."""
   try:
-    return convolutions.resolve_conv_impl(config.get('conv_impl', 'auto'))
+    return convolutions.resolve_conv_impl(config.conv_impl)
   except ValueError as e:
     raise errors.ConfigError(
         f"config.model.{e} ('auto' picks the fast one for the backend)."
@@ -154,10 +225,11 @@ def output_shape(image_shape, likelihood):
 def mlp_vae(config, image_shape, likelihood):
   hidden = tuple(config.hidden_sizes)
   dtype = compute_dtype(config)
-  return VAE(
+  model = VAE(
       encoder=MLPGaussianEncoder(hidden, config.latent_dim, dtype),
       decoder=MLPDecoder(hidden[::-1], output_shape(image_shape, likelihood),
                          dtype))
+  return VAEFamily(model, likelihood, 'mlp_vae', config.latent_dim)
 
 
 def conv_vae(config, image_shape, likelihood):
@@ -170,11 +242,12 @@ def conv_vae(config, image_shape, likelihood):
         f'and width divisible by {scale}, but the data has images of shape '
         f'{tuple(image_shape)}. Use fewer entries in config.model.channels or '
         f'the mlp_vae model.')
-  hidden = config.get('hidden_size', 256)
+  hidden = config.hidden_size
   dtype = compute_dtype(config)
   impl = conv_impl(config)
-  return VAE(
+  model = VAE(
       encoder=ConvGaussianEncoder(channels, config.latent_dim, hidden, dtype,
                                   impl),
       decoder=ConvDecoder(channels, output_shape(image_shape, likelihood),
                           hidden, dtype, impl))
+  return VAEFamily(model, likelihood, 'conv_vae', config.latent_dim)

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from vaejax import errors
+from vaejax import prng
 from vaejax import registry
 from vaejax.data import corruptions
 from vaejax.objectives import likelihoods
@@ -53,7 +54,7 @@ def smooth_l1(x, output, config):
   slope reaches 1 at |d| = beta, where it meets the L1 piece in value and
   slope. Small beta approaches L1, large beta approaches MSE / (2 beta).
   """
-  beta = config.get('smooth_l1_beta', 1.0)
+  beta = config.smooth_l1_beta
   return optax.losses.huber_loss(output, x, delta=beta) / beta
 
 
@@ -102,15 +103,14 @@ def mean_squared_error_per_example(image, x):
   return jnp.mean(jnp.square(image - x).reshape(x.shape[0], -1), axis=-1)
 
 
-def split_per_example(keys):
-  """[B] keys -> ([B] corruption keys, [B] projection keys)."""
-  split = jax.vmap(lambda key: jax.random.split(key, 2))(keys)
-  return split[:, 0], split[:, 1]
+def corruption_and_projection_keys(keys):
+  """[B] objective keys -> ([B] corruption keys, [B] projection keys)."""
+  return prng.split_per_example(keys, 2)
 
 
 def corrupt(config, keys, x):
   """x_tilde: x corrupted as `config` says, unchanged at level 0."""
-  level = config.get('corruption_level', 0.0)
+  level = config.corruption_level
   if not level:
     return x
   return corruptions.get_corruption(config.corruption)(keys, x, level)
@@ -162,7 +162,7 @@ JACOBIAN_ESTIMATORS = registry.Registry('contractive estimator', {
     'exact': lambda config: jacobian_sq_norm_exact,
     'random_projection': lambda config: functools.partial(
         jacobian_sq_norm_random_projection,
-        num_projections=config.get('num_projections', 1)),
+        num_projections=config.num_projections),
 }, 'config.objective.contractive_estimator')
 
 
@@ -173,16 +173,16 @@ def _check_config(config, loss):
         f'shows its decoder output as an image: one of {loss.likelihoods}, '
         f'got config.objective.likelihood={config.likelihood!r}. '
         f'experiments/ae.py sets it from the loss.')
-  if config.loss == 'smooth_l1' and config.get('smooth_l1_beta', 1.0) <= 0:
+  if config.loss == 'smooth_l1' and config.smooth_l1_beta <= 0:
     raise errors.ConfigError(
         f'config.objective.smooth_l1_beta must be positive, got '
         f'{config.smooth_l1_beta}; use loss=mae for the plain L1 loss.')
-  if config.get('corruption_level', 0.0) < 0:
+  if config.corruption_level < 0:
     raise errors.ConfigError(
         f'config.objective.corruption_level must be >= 0, got '
         f'{config.corruption_level}.')
-  corruptions.get_corruption(config.get('corruption', 'gaussian'))
-  JACOBIAN_ESTIMATORS.get(config.get('contractive_estimator', 'exact'))
+  corruptions.get_corruption(config.corruption)
+  JACOBIAN_ESTIMATORS.get(config.contractive_estimator)
 
 
 def make_autoencoder(config):
@@ -197,16 +197,16 @@ def make_autoencoder(config):
   loss = RECONSTRUCTION_LOSSES.get(config.loss)
   _check_config(config, loss)
   likelihood = likelihoods.get_likelihood(config)
-  sparsity_weight = config.get('sparsity_weight', 0.0)
-  near_zero_threshold = config.get('near_zero_threshold', 1e-2)
-  contractive_weight = config.get('contractive_weight', 0.0)
+  sparsity_weight = config.sparsity_weight
+  near_zero_threshold = config.near_zero_threshold
+  contractive_weight = config.contractive_weight
   jacobian_sq_norm = JACOBIAN_ESTIMATORS.get(
-      config.get('contractive_estimator', 'exact'))(config)
+      config.contractive_estimator)(config)
 
   def loss_fn(model, variables, batch, keys, step, train):
     del step, train
     x = batch['inputs']
-    corruption_keys, projection_keys = split_per_example(keys)
+    corruption_keys, projection_keys = corruption_and_projection_keys(keys)
     encoder_input = corrupt(config, corruption_keys, x)
 
     def encode(inputs):

@@ -123,30 +123,30 @@ def bernoulli(config):
 
 def gaussian(config):
   return _fixed_scale_likelihood(
-      'gaussian', log_likelihood_gaussian, config.get('likelihood_scale', 0.1))
+      'gaussian', log_likelihood_gaussian, config.likelihood_scale)
 
 
 def gaussian_learned(config):
   return _learned_scale_likelihood(
       'gaussian_learned', log_likelihood_gaussian,
-      config.get('min_log_scale', -7.0))
+      config.min_log_scale)
 
 
 def laplace(config):
   return _fixed_scale_likelihood(
-      'laplace', log_likelihood_laplace, config.get('likelihood_scale', 0.1))
+      'laplace', log_likelihood_laplace, config.likelihood_scale)
 
 
 def laplace_learned(config):
   return _learned_scale_likelihood(
       'laplace_learned', log_likelihood_laplace,
-      config.get('min_log_scale', -7.0))
+      config.min_log_scale)
 
 
 def discretized_logistic(config):
   return _learned_scale_likelihood(
       'discretized_logistic', log_likelihood_discretized_logistic,
-      config.get('min_log_scale', -7.0), discrete=True,
+      config.min_log_scale, discrete=True,
       mean_of=lambda loc, _: jnp.clip(loc, 0.0, 1.0))
 
 

@@ -1,4 +1,4 @@
-"""EM objectives: each train step is one EM iteration (SPEC §5).
+"""EM objectives: each train step is one EM iteration (Dempster et al., 1977).
 
 With the shared signature `loss_fn(model, variables, batch, keys, step,
 train) -> (per_example_loss, metrics, model_state)`, a step
@@ -22,9 +22,15 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from vaejax import em
 from vaejax import sharding
-from vaejax.models import mixture as mixture_models
+from vaejax.analysis import gmm
+from vaejax.analysis import mixture_classifier
+
+# The non-parameter collection that holds a mixture's EM statistics: the
+# objectives return it as model state, `vaejax.models.mixture` declares it.
+STATISTICS = 'em_stats'
+# The mixture classifier's label weights and their optimiser state.
+LABEL_MODEL = 'label_model'
 
 
 def global_batch(x):
@@ -70,7 +76,7 @@ def binary_labels(labels, positive_classes):
 def make_em_gmm(config):
   """EM for `models.mixture.GaussianMixtureModel`; loss = -log p(x).
 
-  Initialisation as `em.init_gmm`: k-means++ means, the data covariance for
+  Initialisation as `gmm.init_gmm`: k-means++ means, the data covariance for
   every component, equal weights.
   """
   del config  # The mixture's settings are in config.model.
@@ -79,19 +85,19 @@ def make_em_gmm(config):
     x = batch['inputs']
     mixture = model.apply(variables, method=model.mixture)
     if not train:
-      log_likelihoods = em.log_likelihood(mixture, x)
+      log_likelihoods = gmm.log_likelihood(mixture, x)
       return -log_likelihoods, {'log_likelihood': log_likelihoods}, {}
 
     def initialise(key, all_x):
-      return em.init_gmm(key, all_x, model.num_components,
+      return gmm.init_gmm(key, all_x, model.num_components,
                          model.covariance_type, model.reg_covar)
 
     mixture = first_step_parameters(step, mixture, initialise, x, keys)
-    log_resp, log_likelihoods = em.e_step_per_example(mixture, x)
-    statistics = em.sufficient_statistics(x, jnp.exp(log_resp),
+    log_resp, log_likelihoods = gmm.e_step_per_example(mixture, x)
+    statistics = gmm.sufficient_statistics(x, jnp.exp(log_resp),
                                           model.covariance_type)
     return (-log_likelihoods, {'log_likelihood': log_likelihoods},
-            {mixture_models.STATISTICS: statistics._asdict()})
+            {STATISTICS: statistics._asdict()})
 
   return loss_fn
 
@@ -105,13 +111,13 @@ def make_em_mixture_classifier(config):
   `config.gradient_steps_per_m_step` Adam steps (learning rate
   `config.label_learning_rate`) on the logistic weights, each kept only if it
   raises Q, with Q averaged over devices so every device takes the same
-  steps. Initialisation as `em.init_mixture_classifier`.
+  steps. Initialisation as `mixture_classifier.init_mixture_classifier`.
 
   Evaluation batches carry no labels, so the held-out loss is -log p(x).
   """
   positive_classes = tuple(config.positive_classes)
-  gradient_steps = config.get('gradient_steps_per_m_step', 10)
-  learning_rate = config.get('label_learning_rate', 0.05)
+  gradient_steps = config.gradient_steps_per_m_step
+  learning_rate = config.label_learning_rate
 
   def loss_fn(model, variables, batch, keys, step, train):
     x = batch['inputs']
@@ -120,32 +126,35 @@ def make_em_mixture_classifier(config):
       return -log_likelihoods, {'log_likelihood_features': log_likelihoods}, {}
 
     def initialise(key, all_x):
-      return em.init_mixture_classifier(key, all_x, model.num_components,
+      return mixture_classifier.init_mixture_classifier(key, all_x, model.num_components,
                                         model.reg_covar)
 
     classifier = first_step_parameters(
         step, model.apply(variables, method=model.classifier), initialise, x,
         keys)
     y = binary_labels(batch['label'], positive_classes).astype(x.dtype)
-    responsibilities, log_likelihoods = em.classifier_e_step_per_example(
+    responsibilities, log_likelihoods = mixture_classifier.classifier_e_step_per_example(
         classifier, x, y)
-    statistics = em.sufficient_statistics(x, responsibilities, 'diag')
+    statistics = gmm.sufficient_statistics(x, responsibilities, 'diag')
 
     def negative_q(label_parameters):
       return lax.pmean(
-          em.label_negative_q(label_parameters, x, y, responsibilities),
+          mixture_classifier.label_negative_q(label_parameters, x, y,
+                                              responsibilities),
           sharding.DATA_AXIS)
 
-    (label_biases, label_weights), optimizer_state = em.label_weights_m_step(
-        negative_q, (classifier.label_biases, classifier.label_weights),
-        model.apply(variables, method=model.label_optimizer_state),
-        gradient_steps, learning_rate)
-    correct = (em.predict_proba(classifier, x) > 0.5) == (y == 1)
+    (label_biases, label_weights), optimizer_state = (
+        mixture_classifier.label_weights_m_step(
+            negative_q, (classifier.label_biases, classifier.label_weights),
+            model.apply(variables, method=model.label_optimizer_state),
+            gradient_steps, learning_rate))
+    correct = ((mixture_classifier.predict_proba(classifier, x) > 0.5)
+               == (y == 1))
     metrics = {'log_likelihood_joint': log_likelihoods,
                'accuracy': correct.astype(jnp.float32)}
     model_state = {
-        mixture_models.STATISTICS: statistics._asdict(),
-        mixture_models.LABEL_MODEL: {
+        STATISTICS: statistics._asdict(),
+        LABEL_MODEL: {
             'label_biases': label_biases,
             'label_weights': label_weights,
             'optimizer_state': optimizer_state,

@@ -1,4 +1,5 @@
-"""VAE objectives: the ELBO (with beta, KL warm-up and free bits) and IWAE.
+"""VAE objectives: the ELBO (with beta, KL warm-up and free bits), the IWAE
+bound (Burda et al., 2016), and the chunked IWAE estimate of log p(x).
 
 Every objective returned by a `make_*` function has the shared signature
 
@@ -14,6 +15,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 
 from vaejax.objectives import distributions
 from vaejax.objectives import likelihoods
@@ -59,6 +61,32 @@ def iwae_bound(log_weights):
   return jax.nn.logsumexp(log_weights, axis=-1) - math.log(k)
 
 
+def iwae_log_likelihood(model, variables, likelihood, x, keys, num_samples,
+                        chunk_size):
+  """log p(x) [B] estimated by L_k with k = num_samples, in chunks of samples.
+
+  Chunk c uses keys fold_in(key, c); the chunks' logsumexps are combined
+  exactly, so the result equals the one-shot L_k on the same samples while
+  holding only `chunk_size` decoded samples per example at a time.
+  """
+  if num_samples % chunk_size:
+    raise ValueError(
+        f'config.eval.iwae_samples={num_samples} must be a multiple of '
+        f'config.eval.iwae_chunk={chunk_size}.')
+
+  def add_chunk(running, c):
+    chunk_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, c)
+    log_weights = log_importance_weights(
+        model, variables, likelihood, x, chunk_keys, chunk_size)
+    return jnp.logaddexp(running, jax.nn.logsumexp(log_weights, -1)), None
+
+  # Derived from x so that, under shard_map, the carry varies over devices
+  # like the per-example values added to it.
+  initial = jnp.full_like(x.reshape(x.shape[0], -1)[:, 0], -jnp.inf)
+  total, _ = lax.scan(add_chunk, initial, jnp.arange(num_samples // chunk_size))
+  return total - math.log(num_samples)
+
+
 def make_elbo(config):
   """Negative ELBO with beta, KL warm-up and per-dimension free bits.
 
@@ -69,10 +97,10 @@ def make_elbo(config):
   depend on how a batch is split over devices.
   """
   likelihood = likelihoods.get_likelihood(config)
-  beta = config.get('beta', 1.0)
-  warmup_steps = config.get('kl_warmup_steps', 0)
-  free_bits = config.get('free_bits', 0.0)
-  num_samples = config.get('num_samples', 1)
+  beta = config.beta
+  warmup_steps = config.kl_warmup_steps
+  free_bits = config.free_bits
+  num_samples = config.num_samples
 
   def loss_fn(model, variables, batch, keys, step, train):
     del train
@@ -100,7 +128,7 @@ def make_elbo(config):
 def make_iwae(config):
   """Negative IWAE bound with k = `config.iwae_samples` importance samples."""
   likelihood = likelihoods.get_likelihood(config)
-  k = config.get('iwae_samples', 5)
+  k = config.iwae_samples
 
   def loss_fn(model, variables, batch, keys, step, train):
     del step, train

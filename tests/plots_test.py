@@ -2,14 +2,14 @@
 import chex
 import numpy as np
 
-from vaejax import latent_figures
+from vaejax.evaluators import plots
 
 
 def test_traversal_rows_vary_one_dimension_each():
   base = np.arange(5, dtype=np.float32)
   dims = [3, 0]
   values = np.array([[-1.0, 0.0, 1.0], [10.0, 20.0, 30.0]])
-  codes = latent_figures.traversal_codes(base, dims, values)
+  codes = plots.traversal_codes(base, dims, values)
   chex.assert_shape(codes, (6, 5))
   rows = codes.reshape(2, 3, 5)
   for row, dim in enumerate(dims):
@@ -20,7 +20,7 @@ def test_traversal_rows_vary_one_dimension_each():
 
 def test_class_colours_are_distinct():
   for num_classes in (2, 10, 15):
-    colours = latent_figures.class_colours(num_classes)
+    colours = plots.class_colours(num_classes)
     assert len(set(colours)) == num_classes
 
 
@@ -31,11 +31,11 @@ def _pixels_of(grid, colour):
 def test_scatter_plot_draws_points_and_legend_in_class_colours():
   class_names = ('zero', 'one', 'two')
   points = np.array([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0]])
-  grid = latent_figures.scatter_plot(points, [0, 1, 2], class_names,
+  grid = plots.scatter_plot(points, [0, 1, 2], class_names,
                                      plot_size=100, margin=20)
   assert grid.ndim == 3 and grid.shape[-1] == 3
   assert grid.min() >= 0.0 and grid.max() <= 1.0
-  colours = latent_figures.class_colours(3)
+  colours = plots.class_colours(3)
   plot_right = 20 + 100
   for label, colour in enumerate(colours):
     drawn = _pixels_of(grid, colour)

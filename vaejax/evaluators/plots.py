@@ -1,7 +1,7 @@
 """Pictures of a latent space, drawn with NumPy and PIL (no plotting library).
 
 * `traversal_codes`: the codes of a latent traversal, one row per dimension;
-  the decoding is the model's business (`vaejax.evaluate`).
+  the decoding is the family's business (`vaejax.evaluators.figures`).
 * `scatter_plot`: 2-D points coloured by class, with a legend of class
   names, as an RGB image in [0, 1] like the other image grids.
 """

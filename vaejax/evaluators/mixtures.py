@@ -1,7 +1,7 @@
 """Evaluations of the Gaussian-mixture models (`config.eval.extras`).
 
 * 'cluster_accuracy': the mixture's most responsible component against the
-  class labels (best one-to-one matching, `em.cluster_accuracy`) on the
+  class labels (best one-to-one matching, `analysis.kmeans.cluster_accuracy`) on the
   training and held-out features, with k-means on the same training features
   as the baseline. The held-out mean log-likelihood is the objective's own
   `log_likelihood` metric.
@@ -9,47 +9,51 @@
   task of `config.objective.positive_classes`, against a single logistic
   regression (`probes.fit_linear_probe`, optax L-BFGS) on the same features.
 
-Each takes (evaluator, variables, held-out features) and returns a dict of
-floats; names without `_train` refer to the held-out split.
+They ask the mixture families (`vaejax.models.mixture`) to
+`assign_clusters` and for the `positive_probability`; names without `_train`
+refer to the held-out split.
 """
 import numpy as np
 
-from vaejax import em
-from vaejax import probes
+from vaejax.analysis import kmeans as kmeans_lib
+from vaejax.analysis import probes
+from vaejax.evaluators import spec
 from vaejax.objectives import mixture as mixture_objectives
 
 
-def cluster_accuracy_metrics(evaluator, variables, features):
+def cluster_accuracy_metrics(evaluator, variables, features, settings):
   """Cluster accuracy of the mixture (train, held-out) and of k-means."""
+  del settings
   exp = evaluator.exp
-  model = exp.model
+  family = evaluator.family
   train = exp.dataset.train
 
   def most_responsible_component(variables, features, positions):
     del positions
-    return model.apply(variables, features, method=model.predict)
+    return family.assign_clusters(variables, features)
 
   def accuracy(split_features, labels):
     clusters = evaluator.map_split(most_responsible_component, variables,
                                    split_features)
-    return em.cluster_accuracy(clusters, labels)
+    return kmeans_lib.cluster_accuracy(clusters, labels)
 
-  kmeans = em.kmeans(evaluator.analysis_key, train.images, model.num_components)
+  kmeans = kmeans_lib.kmeans(evaluator.analysis_key, train.images,
+                             family.model.num_components)
   return {
       'cluster_accuracy': accuracy(features,
                                    evaluator.eval_labels(features)),
       'cluster_accuracy_train': accuracy(train.images, train.labels),
-      'kmeans_cluster_accuracy_train': em.cluster_accuracy(
+      'kmeans_cluster_accuracy_train': kmeans_lib.cluster_accuracy(
           kmeans.assignments, train.labels),
   }
 
 
-def mixture_classifier_metrics(evaluator, variables, features):
+def mixture_classifier_metrics(evaluator, variables, features, settings):
   """Accuracy of the mixture classifier and of logistic regression."""
   exp = evaluator.exp
-  model = exp.model
+  family = evaluator.family
   train = exp.dataset.train
-  positive_classes = exp.config.objective.positive_classes
+  positive_classes = settings.positive_classes
 
   def binary(labels):
     return np.asarray(mixture_objectives.binary_labels(labels,
@@ -57,7 +61,7 @@ def mixture_classifier_metrics(evaluator, variables, features):
 
   def probability_of_positive(variables, features, positions):
     del positions
-    return model.apply(variables, features, method=model.predict_proba)
+    return family.positive_probability(variables, features)
 
   def accuracy(split_features, labels):
     probabilities = evaluator.map_split(probability_of_positive, variables,
@@ -77,3 +81,11 @@ def mixture_classifier_metrics(evaluator, variables, features):
           logistic_regression.predict(train.images), train_labels),
       'positive_fraction': float(np.mean(held_out_labels)),
   }
+
+
+CLUSTER_ACCURACY = spec.Evaluation(
+    cluster_accuracy_metrics, requires=('assign_clusters',),
+    needs_labels=True)
+CLASSIFIER_ACCURACY = spec.Evaluation(
+    mixture_classifier_metrics, requires=('positive_probability',),
+    needs_labels=True, settings=('objective.positive_classes',))

@@ -1,0 +1,182 @@
+"""Every variant of every experiment file: what it sets in the config, and a
+runlocal-sized training run with it (variants combined, so that each one
+trains in one of a few runs)."""
+import importlib.util
+import json
+import os
+
+import chex
+import numpy as np
+import pytest
+
+from vaejax.configs import loading
+from vaejax import train
+from conftest import REPO_ROOT
+
+# (experiment, variant string) -> {config key: the value it must have}.
+VARIANT_CONFIGS = {
+    ('vae', 'mnist'): {'data.name': 'mnist'},
+    ('vae', 'conv'): {'model.name': 'conv_vae'},
+    ('vae', 'iwae'): {'objective.name': 'iwae'},
+    ('vae', 'beta=4'): {'objective.beta': 4.0},
+    ('vae', 'latent=3'): {'model.latent_dim': 3},
+    ('vae', 'runlocal'): {'num_train_steps': 20, 'eval.iwae_samples': 50},
+    ('ae', 'loss=mae'): {'objective.loss': 'mae'},
+    ('ae', 'loss=bce'): {'objective.loss': 'bce',
+                         'objective.likelihood': 'bernoulli'},
+    ('ae', 'loss=smooth_l1,beta=0.5'): {'objective.loss': 'smooth_l1',
+                                        'objective.smooth_l1_beta': 0.5},
+    ('ae', 'sparse'): {'objective.sparsity_weight': 0.01,
+                       'model.code_activation': 'relu'},
+    ('ae', 'sparse=0.05'): {'objective.sparsity_weight': 0.05},
+    ('ae', 'denoising'): {'objective.corruption': 'gaussian',
+                          'objective.corruption_level': 0.3},
+    ('ae', 'denoising=masking'): {'objective.corruption': 'masking',
+                                  'objective.corruption_level': 0.5,
+                                  'eval.denoising_levels': (0.25, 0.5, 0.75)},
+    ('ae', 'denoising=salt_and_pepper,noise=0.1'): {
+        'objective.corruption': 'salt_and_pepper',
+        'objective.corruption_level': 0.1},
+    ('ae', 'contractive'): {'objective.contractive_weight': 1e-3,
+                            'objective.contractive_estimator': 'exact'},
+    ('ae', 'contractive=0.01,projections=3'): {
+        'objective.contractive_weight': 0.01,
+        'objective.contractive_estimator': 'random_projection',
+        'objective.num_projections': 3},
+    ('ae', 'conv'): {'model.name': 'conv_autoencoder'},
+    ('ae', 'linear'): {'model.hidden_sizes': ()},
+    ('ae', 'code=8'): {'model.code_dim': 8},
+    ('ae', 'mnist'): {'data.name': 'mnist'},
+    ('ae', 'runlocal'): {'num_train_steps': 20, 'eval.max_examples': 1000},
+    ('gmm', 'features=pca'): {'data.features': 'pca'},
+    ('gmm', 'features=vae,workdir=/v'): {'data.features': 'vae_latents',
+                                         'data.features_workdir': '/v'},
+    ('gmm', 'covariance=full'): {'model.covariance_type': 'full'},
+    ('gmm', 'classifier'): {'model.name': 'mixture_classifier',
+                            'objective.name': 'em_mixture_classifier'},
+    ('gmm', 'runlocal'): {'num_train_steps': 10},
+}
+
+
+# Variants that name the default explicitly.
+DEFAULT_VALUED = {('gmm', 'features=pca')}
+
+
+def config_value(config, key):
+  for part in key.split('.'):
+    config = config[part]
+  return tuple(config) if isinstance(config, list) else config
+
+
+def same(a, b):
+  if isinstance(a, float) or isinstance(b, float):
+    return bool(np.isclose(a, b, rtol=1e-12))
+  return a == b
+
+
+def known_variants(experiment):
+  path = REPO_ROOT / 'experiments' / f'{experiment}.py'
+  spec = importlib.util.spec_from_file_location(f'variants_{experiment}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return set(module.KNOWN_VARIANTS)
+
+
+@pytest.mark.parametrize('experiment', ['vae', 'ae', 'gmm'])
+def test_every_variant_is_checked(experiment):
+  checked = {part.split('=')[0] for name, arg in VARIANT_CONFIGS
+             if name == experiment for part in arg.split(',')}
+  assert checked == known_variants(experiment)
+
+
+@pytest.mark.parametrize('experiment, arg', sorted(VARIANT_CONFIGS))
+def test_variant_sets_its_config(experiment, arg):
+  config = loading.load_config(f'experiments/{experiment}.py:{arg}')
+  default = loading.load_config(f'experiments/{experiment}.py')
+  expected = VARIANT_CONFIGS[experiment, arg]
+  for key, value in expected.items():
+    assert same(config_value(config, key), value), key
+  # Not what the variant-free experiment has anyway.
+  assert ((experiment, arg) in DEFAULT_VALUED) != any(
+      not same(config_value(default, key), value)
+      for key, value in expected.items())
+
+
+# Each run combines variants; together they train every variant (the AE's
+# other combinations train in autoencoder_test.py, but are repeated here in
+# short runs so that this list is complete). Convolutional runs are narrow.
+SMALL_CONV = {'model.channels': (8, 16), 'model.hidden_size': 32}
+TRAINING_RUNS = {
+    'vae': [
+        ('mnist,iwae,beta=4,latent=3,runlocal', {}),
+        ('conv,runlocal', {**SMALL_CONV, 'num_train_steps': 4,
+                           'steps_per_dispatch': 2, 'eval.extras': ()}),
+    ],
+    'ae': [
+        ('loss=mae,sparse=0.05,denoising,noise=0.2,code=8,mnist,runlocal',
+         {}),
+        ('loss=bce,linear,contractive=0.01,projections=3,'
+         'denoising=masking,runlocal', {}),
+        ('loss=smooth_l1,beta=0.5,sparse,contractive,'
+         'denoising=salt_and_pepper,runlocal', {'num_train_steps': 4,
+                                                'steps_per_dispatch': 2}),
+        ('conv,runlocal', {**SMALL_CONV, 'num_train_steps': 4,
+                           'steps_per_dispatch': 2, 'eval.extras': ()}),
+    ],
+    'gmm': [
+        ('features=pca,covariance=full,runlocal', {}),
+        ('classifier,runlocal', {}),
+    ],
+}
+DATA = {'vae': {'batch_size': 32, 'eval.batch_size': 32,
+                'eval.iwae_batch_size': 32},
+        'ae': {'batch_size': 32, 'eval.batch_size': 32},
+        'gmm': {'batch_size': 256, 'eval.batch_size': 32,
+                'data.feature_dim': 8}}
+
+
+def test_training_runs_cover_every_variant():
+  for experiment, runs in TRAINING_RUNS.items():
+    trained = {part.split('=')[0] for arg, _ in runs
+               for part in arg.split(',')}
+    # features=vae trains in mixture_test.py and cli_errors_test.py; its
+    # workdir= is its argument.
+    assert trained | ({'features', 'workdir'} if experiment == 'gmm'
+                      else set()) >= known_variants(experiment), experiment
+
+
+@pytest.mark.parametrize('experiment, arg, overrides', [
+    (experiment, arg, overrides)
+    for experiment, runs in TRAINING_RUNS.items()
+    for arg, overrides in runs])
+def test_variants_train_at_runlocal_size(tiny_data_dir, tmp_path, experiment,
+                                         arg, overrides):
+  config = loading.load_config(
+      f'experiments/{experiment}.py:{arg}',
+      **{'data.dir': tiny_data_dir, 'data.source': 'idx',
+         'eval.figures': (), **DATA[experiment], **overrides})
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert int(result['state']['step']) == config.num_train_steps
+  chex.assert_tree_all_finite(result['state'])
+  metrics = result['metrics']
+  assert all(np.isfinite(value) for value in metrics.values()), metrics
+  # The run used the variants: the saved config has each one's values.
+  with open(os.path.join(tmp_path, 'config.json')) as f:
+    saved = json.load(f)
+  parts = arg.split(',')
+  for part in parts:
+    # Keys that another part or an override of this run sets instead.
+    others = set(overrides).union(*(
+        VARIANT_CONFIGS.get((experiment, other), {})
+        for other in parts if other != part))
+    if any(other.startswith('noise=') for other in parts):
+      others.add('objective.corruption_level')
+    for key, value in VARIANT_CONFIGS.get((experiment, part), {}).items():
+      if key not in others:
+        assert same(config_value(saved, key), value), (part, key)
+  objective = config.objective
+  if experiment == 'ae':
+    assert ('jacobian_sq_norm' in metrics) == (
+        objective.contractive_weight > 0)
+  if objective.name == 'iwae':
+    assert metrics['nll_iwae'] <= metrics['nll_elbo'] + 1e-3

@@ -1,0 +1,139 @@
+"""Figures (`config.eval.figures`): image grids in [0, 1], drawn by process 0.
+
+Each asks the family (`vaejax.models.family`) for what it draws:
+reconstructions (`reconstruct`), prior samples (`sample`), interpolations
+and latent traversals (`encode`, `decode`), the decoded 2-D manifold
+(`prior_grid`, `decode`) and a PCA scatter of the representations coloured
+by label (`represent`).
+"""
+import jax.numpy as jnp
+import numpy as np
+
+from vaejax import images as image_lib
+from vaejax.analysis import pca
+from vaejax.evaluators import plots
+from vaejax.evaluators import spec
+
+TRAVERSAL_STEPS = 11
+TRAVERSAL_RANGE = 3.0
+SAMPLES = 64
+MANIFOLD_SIZE = 20
+
+
+def figure_inputs(evaluator, num_examples=32):
+  """(model inputs, objective keys) of the first held-out examples (all of
+  them when the split is smaller)."""
+  num_examples = min(num_examples, len(evaluator.split.images))
+  positions = jnp.arange(num_examples)
+  images = jnp.asarray(evaluator.split.images[:num_examples])
+  return evaluator.inputs(images, positions)
+
+
+def reconstructions_figure(evaluator, variables, settings):
+  """Rows of 8 held-out inputs, each row above its reconstructions."""
+  del settings
+  x, keys = figure_inputs(evaluator)
+  columns = min(8, len(x))
+  # Whole rows only.
+  x, keys = x[:len(x) // columns * columns], keys[:len(x) // columns * columns]
+  recon = evaluator.family.reconstruct(variables, x, keys)
+  pairs = jnp.stack([x.reshape(-1, columns, *x.shape[1:]),
+                     recon.reshape(-1, columns, *x.shape[1:])], axis=1)
+  return {'reconstructions': image_lib.make_grid(
+      pairs.reshape(-1, *x.shape[1:]), num_columns=columns)}
+
+
+def samples_figure(evaluator, variables, settings):
+  """64 draws from the prior (fixed `sample` key), decoded."""
+  del settings
+  samples = evaluator.family.sample(variables, evaluator.exp.keys['sample'],
+                                    SAMPLES)
+  return {'samples': image_lib.make_grid(samples, num_columns=8)}
+
+
+def interpolations_figure(evaluator, variables, settings):
+  """8 rows: decoded straight lines between the codes of two test images."""
+  del settings
+  family = evaluator.family
+  codes = family.encode(variables, figure_inputs(evaluator, 16)[0])
+  steps = jnp.linspace(0.0, 1.0, 10)[None, :, None]
+  path = (1.0 - steps) * codes[0::2, None] + steps * codes[1::2, None]
+  return {'interpolations': image_lib.make_grid(
+      family.decode(variables, path.reshape(-1, codes.shape[-1])),
+      num_columns=10)}
+
+
+def manifold_figure(evaluator, variables, settings):
+  """For a 2-D latent: decoded grid over the prior's 5%..95% quantiles."""
+  del settings
+  family = evaluator.family
+  return {'manifold': image_lib.make_grid(
+      family.decode(variables, family.prior_grid(MANIFOLD_SIZE)),
+      num_columns=MANIFOLD_SIZE, padding=0)}
+
+
+def traversals_figure(evaluator, variables, settings):
+  """One row per latent dimension among the `traversal_dims` most used.
+
+  Dimensions are ranked by mean KL over the first `scatter_examples`
+  held-out examples (by the variance of the code for families without a
+  posterior). Each row starts from the code of the first held-out image and
+  sets its dimension to TRAVERSAL_STEPS values from -3 to +3 standard
+  deviations of that dimension's codes around their mean (for an active
+  VAE unit, roughly the prior's range).
+  """
+  family = evaluator.family
+  with_kl = family.has('posterior_kl_per_dim')
+
+  def codes_and_kl(variables, images, positions):
+    x, _ = evaluator.inputs(images, positions)
+    code = family.encode(variables, x)
+    values = {'code': code.reshape(code.shape[0], -1)}
+    if with_kl:
+      values['kl_per_dim'] = family.posterior_kl_per_dim(variables, x)
+    return values
+
+  encodings = evaluator.map_local(
+      codes_and_kl, variables,
+      evaluator.split.images[:settings.scatter_examples])
+  codes = encodings['code']
+  usage = (np.mean(encodings['kl_per_dim'], axis=0) if with_kl
+           else np.var(codes, axis=0))
+  num_dims = min(settings.traversal_dims, codes.shape[1])
+  dims = np.argsort(-usage, kind='stable')[:num_dims]
+  offsets = np.linspace(-TRAVERSAL_RANGE, TRAVERSAL_RANGE, TRAVERSAL_STEPS)
+  values = (np.mean(codes, axis=0)[dims, None]
+            + np.std(codes, axis=0)[dims, None] * offsets)
+  traversal = plots.traversal_codes(codes[0], dims, values)
+  return {'traversals': image_lib.make_grid(
+      family.decode(variables, jnp.asarray(traversal)),
+      num_columns=TRAVERSAL_STEPS)}
+
+
+def pca_scatter_figure(evaluator, variables, settings):
+  """The held-out representations on their first two principal components,
+  coloured by label (the first `scatter_examples` examples)."""
+  images = evaluator.split.images[:settings.scatter_examples]
+  representations = evaluator.representations(variables, images,
+                                               on_all_devices=False)
+  points = pca.pca_project(representations, 2)
+  # A 1-D code has one component: draw it along the first axis.
+  points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
+  return {'pca_scatter': plots.scatter_plot(
+      points, evaluator.split.labels[:len(images)],
+      evaluator.exp.dataset.class_names,
+      title=f'PCA of {settings.split} codes')}
+
+
+RECONSTRUCTIONS = spec.Evaluation(reconstructions_figure,
+                                  requires=('reconstruct',))
+SAMPLES_FIGURE = spec.Evaluation(samples_figure, requires=('sample',))
+INTERPOLATIONS = spec.Evaluation(interpolations_figure,
+                                 requires=('encode', 'decode'))
+MANIFOLD = spec.Evaluation(manifold_figure, requires=('prior_grid', 'decode'))
+TRAVERSALS = spec.Evaluation(
+    traversals_figure, requires=('encode', 'decode'),
+    settings=('traversal_dims', 'scatter_examples'))
+PCA_SCATTER = spec.Evaluation(
+    pca_scatter_figure, requires=('represent',), needs_labels=True,
+    settings=('scatter_examples', 'split'))
