@@ -159,3 +159,21 @@ def test_active_units_counts_dimensions_whose_means_vary():
   assert latents.active_units(means) == 2
   assert latents.active_units(means, threshold=0.001) == 3
   assert latents.active_units(means, threshold=0.5) == 1
+
+
+def test_unknown_extras_name_the_flag_of_this_command(trained_workdir):
+  before = sorted(os.listdir(os.path.join(trained_workdir, 'eval')))
+  result = run_evaluate('--workdir', trained_workdir, '--extras', 'probe')
+  assert_clean_failure(result, "--extras: unknown evaluation(s) probe",
+                       'linear_probe', '--extras=iwae,linear_probe')
+  # Not the training command's flag, which this command rejects.
+  assert '--config.eval.extras' not in result.stderr
+  assert sorted(os.listdir(os.path.join(trained_workdir, 'eval'))) == before
+
+
+def test_validation_split_of_a_run_without_one_says_to_retrain(
+    trained_workdir):
+  result = run_evaluate('--workdir', trained_workdir, '--split', 'validation')
+  assert_clean_failure(result, 'this run has none',
+                       'config.data.validation_size=0',
+                       'Train a new run with --config.data.validation_size=N')

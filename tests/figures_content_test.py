@@ -10,6 +10,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
+from vaejax import images
 from vaejax import train
 from conftest import tiny_config
 
@@ -26,10 +27,15 @@ def workdir(tiny_data_dir, tmp_path_factory):
   return workdir
 
 
-def read_png(workdir, name):
-  """The grid of figure `name` as floats in [0, 1]."""
+def png_path(workdir, name):
   (path,) = glob.glob(os.path.join(workdir, 'images', f'{name}_step*.png'))
-  return np.asarray(PIL.Image.open(path), np.float64) / 255.0
+  return path
+
+
+def read_png(workdir, name):
+  """The unscaled grid of figure `name` as floats in [0, 1], cut out of the
+  captioned PNG by the box it records."""
+  return images.read_grid(png_path(workdir, name))
 
 
 def tiles(grid, num_rows, num_columns, padding=1):
@@ -101,3 +107,46 @@ def test_interpolations_start_and_end_at_the_reconstructions(workdir):
     np.testing.assert_allclose(row[0], first, atol=1.01 / 255)
     np.testing.assert_allclose(row[-1], last, atol=1.01 / 255)
     assert np.abs(row[0] - row[-1]).mean() > 2 / 255
+
+
+@pytest.mark.parametrize('name, rows, columns, padding, title, row_labels', [
+    ('reconstructions', 8, 8, 1, 'test inputs and their reconstructions',
+     ('input', 'reconstruction') * 4),
+    ('traversals', 2, 11, 1, 'one latent dimension per row', None),
+    ('manifold', 20, 20, 0, 'decoded 2-D latent grid', ()),
+])
+def test_pngs_are_scaled_up_and_captioned(workdir, name, rows, columns,
+                                          padding, title, row_labels):
+  image = PIL.Image.open(png_path(workdir, name))
+  top, left, bottom, right = map(int, image.text['grid_box'].split())
+  scale = int(image.text['scale'])
+  assert image.text['title'].startswith(title)
+  # Tiles of 28 px are drawn at least 3x (84 px), a 20 x 20 grid at 2x.
+  assert scale == (2 if name == 'manifold' else 3)
+  assert (bottom - top, right - left) == (
+      scale * (rows * (TILE + padding) + padding),
+      scale * (columns * (TILE + padding) + padding))
+  pixels = np.asarray(image, np.float64) / 255.0
+  # Each grid pixel is a scale x scale block.
+  grid = pixels[top:bottom, left:right]
+  np.testing.assert_array_equal(
+      grid, np.repeat(np.repeat(grid[::scale, ::scale], scale, 0), scale, 1))
+  # The title is written above the grid: dark pixels in the band.
+  assert top > 0 and pixels[:top].min() < 0.5
+  if row_labels is None:
+    # Traversal rows are labelled with their latent dimension.
+    assert left > 0 and pixels[top:bottom, :left].min() < 0.5
+  elif row_labels:
+    # A label in the margin of each row of tiles, none across row borders.
+    row_height = (bottom - top) / rows
+    margin = pixels[top:bottom, :left]
+    for row in range(rows):
+      band = margin[int(row * row_height) + 2:int((row + 1) * row_height) - 2]
+      assert band.min() < 0.5, row
+  else:
+    assert left == 0
+
+
+def test_row_labels_must_match_the_rows():
+  with pytest.raises(ValueError, match='3 row labels for 2 rows'):
+    images.tile_picture(np.zeros((8, 4, 4, 1)), 4, row_labels=('a', 'b', 'c'))

@@ -34,6 +34,12 @@ def _override_eval_config(config, iwae_samples, split, extras):
   if split is not None:
     eval_config.split = split
   if extras is not None:
+    unknown = [name for name in extras if name not in evaluators.EVALUATIONS]
+    if unknown:
+      raise errors.ConfigError(
+          f'--extras: unknown evaluation(s) {", ".join(unknown)}. Known '
+          f'evaluations: {", ".join(evaluators.EVALUATIONS.names())}; pass '
+          'some of them, comma-separated (e.g. --extras=iwae,linear_probe).')
     eval_config.extras = tuple(extras)
   if iwae_samples is not None:
     eval_config.iwae_samples = iwae_samples
@@ -78,11 +84,8 @@ def evaluate_checkpoint(workdir, iwae_samples=None, split=None, extras=None):
       workdir_lib.tensorboard_dir(workdir, 'evaluate'))
   writer.write_scalars(step, {f'{eval_config.split}/{k}': v
                               for k, v in metrics.items()})
-  figure_paths = {}
-  for figure_name, grid in evaluator.figures(sharding.to_host(state)).items():
-    figure_paths[figure_name] = evaluator.save_figure(workdir, figure_name,
-                                                      grid, step)
-    writer.write_image(step, f'images/{figure_name}', grid)
+  figure_paths = evaluator.save_figures(workdir, sharding.to_host(state), step,
+                                        writer)
   writer.close()
   return {'step': step, 'metrics': metrics, 'metrics_path': metrics_path,
           'figure_paths': figure_paths}

@@ -319,9 +319,8 @@ def train_and_evaluate(config, workdir, dataset=None):
   figure_paths = {}
   if is_main_process:
     # Pictures are small: process 0 draws them from a host copy of the state.
-    for name, grid in evaluator.figures(sharding.to_host(state)).items():
-      figure_paths[name] = evaluator.save_figure(workdir, name, grid, step)
-      writer.write_image(step, f'images/{name}', grid)
+    figure_paths = evaluator.save_figures(workdir, sharding.to_host(state),
+                                          step, writer)
   if is_main_process:
     workdir_lib.write_metrics_json(workdir, step, final_metrics)
   writer.close()

@@ -85,8 +85,12 @@ def denoising_figure(evaluator, variables, settings, num_examples=8):
       _corrupt_and_denoise(evaluator, settings), variables, evaluator.split.images[:num_examples],
       batch_size=num_examples)
   rows = [row for pair in noisy_and_denoised for row in pair] + [x]
-  return {'denoising': image_lib.make_grid(
-      np.concatenate(rows), num_columns=num_examples)}
+  corruption = settings.corruption
+  labels = [label for level in settings.denoising_levels
+            for label in (f'{corruption} {level:g}', 'denoised')] + ['clean']
+  return {'denoising': image_lib.tile_picture(
+      np.concatenate(rows), num_examples, row_labels=labels,
+      title=f'{evaluator.split_name} images: noisy, denoised, and clean')}
 
 
 DENOISING_SETTINGS = ('objective.corruption', 'denoising_levels')

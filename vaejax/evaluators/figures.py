@@ -1,4 +1,5 @@
-"""Figures (`config.eval.figures`): image grids in [0, 1], drawn by process 0.
+"""Figures (`config.eval.figures`): captioned pictures (`vaejax.images.Picture`)
+of image grids in [0, 1], drawn by process 0.
 
 Each asks the family (`vaejax.models.family`) for what it draws:
 reconstructions (`reconstruct`), prior samples (`sample`), interpolations
@@ -39,16 +40,19 @@ def reconstructions_figure(evaluator, variables, settings):
   recon = evaluator.family.reconstruct(variables, x, keys)
   pairs = jnp.stack([x.reshape(-1, columns, *x.shape[1:]),
                      recon.reshape(-1, columns, *x.shape[1:])], axis=1)
-  return {'reconstructions': image_lib.make_grid(
-      pairs.reshape(-1, *x.shape[1:]), num_columns=columns)}
+  return {'reconstructions': image_lib.tile_picture(
+      pairs.reshape(-1, *x.shape[1:]), columns,
+      title=f'{evaluator.split_name} inputs and their reconstructions',
+      row_labels=('input', 'reconstruction') * pairs.shape[0])}
 
 
 def samples_figure(evaluator, variables, settings):
   """64 draws from the prior (fixed `sample` key), decoded."""
   del settings
-  samples = evaluator.family.sample(variables, evaluator.exp.keys['sample'],
-                                    SAMPLES)
-  return {'samples': image_lib.make_grid(samples, num_columns=8)}
+  family = evaluator.family
+  samples = family.sample(variables, evaluator.exp.keys['sample'], SAMPLES)
+  return {'samples': image_lib.tile_picture(
+      samples, 8, title=f'{SAMPLES} samples of the {family.name}')}
 
 
 def interpolations_figure(evaluator, variables, settings):
@@ -58,18 +62,21 @@ def interpolations_figure(evaluator, variables, settings):
   codes = family.encode(variables, figure_inputs(evaluator, 16)[0])
   steps = jnp.linspace(0.0, 1.0, 10)[None, :, None]
   path = (1.0 - steps) * codes[0::2, None] + steps * codes[1::2, None]
-  return {'interpolations': image_lib.make_grid(
-      family.decode(variables, path.reshape(-1, codes.shape[-1])),
-      num_columns=10)}
+  return {'interpolations': image_lib.tile_picture(
+      family.decode(variables, path.reshape(-1, codes.shape[-1])), 10,
+      title=f'decoded codes on the line between two {evaluator.split_name} '
+      'images (left: the first, right: the second)')}
 
 
 def manifold_figure(evaluator, variables, settings):
   """For a 2-D latent: decoded grid over the prior's 5%..95% quantiles."""
   del settings
   family = evaluator.family
-  return {'manifold': image_lib.make_grid(
+  return {'manifold': image_lib.tile_picture(
       family.decode(variables, family.prior_grid(MANIFOLD_SIZE)),
-      num_columns=MANIFOLD_SIZE, padding=0)}
+      MANIFOLD_SIZE, padding=0,
+      title='decoded 2-D latent grid: z1 left to right, z2 top to bottom, '
+      "each over the prior's 5%-95% quantiles")}
 
 
 def traversals_figure(evaluator, variables, settings):
@@ -105,9 +112,12 @@ def traversals_figure(evaluator, variables, settings):
   values = (np.mean(codes, axis=0)[dims, None]
             + np.std(codes, axis=0)[dims, None] * offsets)
   traversal = plots.traversal_codes(codes[0], dims, values)
-  return {'traversals': image_lib.make_grid(
-      family.decode(variables, jnp.asarray(traversal)),
-      num_columns=TRAVERSAL_STEPS)}
+  ranked_by = 'mean KL' if with_kl else 'code variance'
+  return {'traversals': image_lib.tile_picture(
+      family.decode(variables, jnp.asarray(traversal)), TRAVERSAL_STEPS,
+      title=f'one latent dimension per row (the {num_dims} with the largest '
+      f'{ranked_by}), from -{TRAVERSAL_RANGE:g} to +{TRAVERSAL_RANGE:g} sd',
+      row_labels=tuple(f'z[{dim}]' for dim in dims))}
 
 
 def pca_scatter_figure(evaluator, variables, settings):
@@ -119,10 +129,10 @@ def pca_scatter_figure(evaluator, variables, settings):
   points = pca.pca_project(representations, 2)
   # A 1-D code has one component: draw it along the first axis.
   points = np.pad(points, ((0, 0), (0, 2 - points.shape[1])))
-  return {'pca_scatter': plots.scatter_plot(
+  return {'pca_scatter': image_lib.Picture(plots.scatter_plot(
       points, evaluator.split.labels[:len(images)],
       evaluator.exp.dataset.class_names,
-      title=f'PCA of {settings.split} codes')}
+      title=f'PCA of {settings.split} codes'))}
 
 
 RECONSTRUCTIONS = spec.Evaluation(reconstructions_figure,

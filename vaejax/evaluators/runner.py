@@ -107,8 +107,10 @@ class Evaluator:
       if exp.dataset.validation is None:
         raise errors.ConfigError(
             'config.eval.split="validation" needs a validation split, held '
-            'out of the training set when the model is trained: train with '
-            '--config.data.validation_size=N (N > 0) to evaluate on one.')
+            'out of the training set when the model is trained, and this '
+            'run has none (config.data.validation_size=0). Train a new run '
+            'with --config.data.validation_size=N (N > 0) to evaluate on '
+            'one.')
       self.split = exp.dataset.validation
     else:
       self.split = exp.dataset.test
@@ -244,14 +246,19 @@ class Evaluator:
         nats_per_example, self.exp.num_dims, self.exp.transform)}
 
   def figures(self, state):
-    """Image grids in [0, 1] named by `config.eval.figures`."""
+    """{name: `vaejax.images.Picture`} of `config.eval.figures`."""
     variables = variables_of(state)
-    grids = {}
+    pictures = {}
     for _, entry, settings in self.figure_makers:
-      grids.update(entry.fn(self, variables, settings))
-    return grids
+      pictures.update(entry.fn(self, variables, settings))
+    return pictures
 
-  def save_figure(self, workdir, name, grid, step):
-    path = workdir_lib.image_path(workdir, name, step)
-    image_lib.save_png(path, grid)
-    return path
+  def save_figures(self, workdir, state, step, writer):
+    """Draws the figures of a host copy of `state` as W/images/<name>_step<S>
+    .png and TensorBoard images; returns {name: PNG path}."""
+    paths = {}
+    for name, picture in self.figures(state).items():
+      paths[name] = workdir_lib.image_path(workdir, name, step)
+      pixels = image_lib.save_picture(paths[name], picture)
+      writer.write_image(step, f'images/{name}', pixels)
+    return paths
