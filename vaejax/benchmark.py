@@ -61,6 +61,7 @@ from vaejax import profiling
 from vaejax import sharding
 from vaejax import stages
 from vaejax import train
+from vaejax.configs import loading
 from vaejax.data import pipeline
 
 HANDWRITTEN = 'handwritten_vae_mlp_784_400_20_b128'

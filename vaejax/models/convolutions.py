@@ -37,7 +37,6 @@ import itertools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 CONV_IMPLS = ('auto', 'lax', 'matmul')
