@@ -63,5 +63,8 @@ def test_every_benchmark_case_runs_at_a_tiny_size(tiny_data_dir):
                 'roofline_examples_per_s'):
       assert line[key] > 0, (line['name'], key)
     assert math.isfinite(line['final_loss']), line
-    assert line['fraction_of_roofline'] == round(
-        line['examples_per_s'] / line['roofline_examples_per_s'], 3)
+    # The median of per-window fractions; with one window it is that
+    # window's rate over its roofline (equal up to the printed rounding).
+    assert abs(line['fraction_of_roofline'] - line['examples_per_s']
+               / line['roofline_examples_per_s']) <= (
+                   0.01 * line['fraction_of_roofline'] + 0.001), line
