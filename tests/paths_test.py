@@ -24,6 +24,7 @@ from vaejax import data
 from vaejax import experiment
 from vaejax import optim
 from vaejax import stages
+from vaejax.configs import loading
 from vaejax import train
 from vaejax.data import sources
 from vaejax.data import transforms
@@ -261,6 +262,13 @@ def test_quick_evaluation_during_training(cli_workdir, tiny_data_dir,
 # Data sources.
 
 
+def data_config(**values):
+  """experiments/vae.py's data block (every key set) with `values`."""
+  config = loading.load_config('experiments/vae.py').data
+  config.update(values)
+  return config
+
+
 def test_tfds_download_and_prepare_branch(tmp_path, monkeypatch):
   """No prepared copy, TensorFlow installed and the host answering: TFDS
   prepares the data set (here a generated builder, no network) as
@@ -273,19 +281,20 @@ def test_tfds_download_and_prepare_branch(tmp_path, monkeypatch):
     return GeneratedFashionMnist(examples=examples, data_dir=data_dir,
                                  file_format=file_format)
 
-  monkeypatch.setattr(sources, '_tensorflow_installed', lambda: True)
+  monkeypatch.setattr(sources, 'tensorflow_installed', lambda: True)
   monkeypatch.setattr(sources, 'can_download', lambda url, timeout_s: True)
   monkeypatch.setattr(sources.tfds, 'builder', builder)
   data_dir = tmp_path / 'tfds'
-  dataset = data.load_dataset(ml_collections.ConfigDict(dict(
+  data_dir.mkdir()  # a directory the user names must exist
+  dataset = data.load_dataset(data_config(
       name='fashion_mnist', source='tfds', tfds_data_dir=str(data_dir),
-      validation_size=0, download_timeout_s=0.5)))
+      validation_size=0, download_timeout_s=0.5))
   assert built == [('fashion_mnist', data_dir,
                     sources.tfds.core.FileFormat.ARRAY_RECORD)]
   assert str(data_dir) in dataset.source and 'array_record' in dataset.source
   idx = write_idx_dataset(tmp_path / 'idx', examples)
-  from_idx = data.load_dataset(ml_collections.ConfigDict(dict(
-      name='fashion_mnist', source='idx', dir=str(idx))))
+  from_idx = data.load_dataset(data_config(
+      name='fashion_mnist', source='idx', dir=str(idx)))
   for split in ('train', 'test'):
     assert (example_multiset(getattr(dataset, split))
             == example_multiset(getattr(from_idx, split)))
@@ -297,8 +306,8 @@ def test_mnist_from_generated_idx_files(tmp_path, monkeypatch):
   write_idx_dataset(tmp_path / 'datasets' / 'fashion_mnist',
                     random_examples(seed=5))
   monkeypatch.setenv(sources.DATA_DIR_ENV_VAR, str(tmp_path / 'datasets'))
-  dataset = data.load_dataset(ml_collections.ConfigDict(dict(
-      name='mnist', source='idx', dir=None, validation_size=0)))
+  dataset = data.load_dataset(data_config(
+      name='mnist', source='idx', dir=None, validation_size=0))
   assert dataset.name == 'mnist'
   assert dataset.source == f'IDX files in {directory}'
   assert dataset.class_names == tuple('0123456789')
