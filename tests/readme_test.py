@@ -106,3 +106,16 @@ def test_own_data_examples_work(tmp_path, monkeypatch):
     assert exp.dataset.num_classes == 10
   assert shapes == {'npz': (28, 28, 1), 'image_folder': (32, 32, 1),
                     'cifar10': (32, 32, 3)}
+
+
+def test_readme_pictures_are_vaejax_figures():
+  """Every picture the README shows exists and was written by
+  `images.save_picture` (it records the grid's box and scale), i.e. it is
+  a figure of a run, not a drawing."""
+  from vaejax import images
+  named = re.findall(r'!\[[^\]]*\]\(([^)]+\.png)\)', README)
+  assert len(named) >= 2
+  for path in named:
+    grid = images.read_grid(REPO_ROOT / path)
+    assert grid.ndim == 2 and min(grid.shape) >= 8 * 28, (path, grid.shape)
+    assert 0.0 <= grid.min() < grid.max() <= 1.0
