@@ -69,7 +69,7 @@ def evaluate_checkpoint(workdir, iwae_samples=None, split=None, extras=None):
   _override_eval_config(config, iwae_samples, split, extras)
   trained = stages.restore(workdir, config)
   evaluator = evaluators.build(trained.exp)
-  state, step = trained.state, trained.step
+  state, step = trained.evaluated_state, trained.step
   metrics = evaluator.evaluate(state, step)
 
   eval_config = config.eval

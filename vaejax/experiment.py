@@ -66,6 +66,28 @@ def check_names(config):
   optim.SCHEDULES.get(config.optimizer.schedule)
   data_lib.check_data_config(config.data)
   common.check_ranges(config)
+  check_early_stopping(config)
+
+
+def check_early_stopping(config):
+  """Early stopping watches the validation loss: it needs a validation
+  split and periodic evaluations (never the test split, which would make
+  the test numbers a selection on the test set)."""
+  patience = config.early_stopping_patience
+  if not patience:
+    return
+  if not config.data.validation_size:
+    raise errors.ConfigError(
+        f'config.early_stopping_patience={patience} watches the loss on a '
+        f'validation split, and config.data.validation_size=0 holds none out: '
+        f'set --config.data.validation_size=N (e.g. 10000), or '
+        f'--config.early_stopping_patience=0 to train all steps.')
+  if not config.eval_every:
+    raise errors.ConfigError(
+        f'config.early_stopping_patience={patience} counts periodic '
+        f'evaluations, and config.eval_every=0 runs none: set '
+        f'--config.eval_every to the steps between evaluations (e.g. one '
+        f'epoch).')
 
 
 def check_dataset(dataset, transform_name):
@@ -162,7 +184,16 @@ def build_experiment(config, dataset, first_stage=None):
 
 
 def init_state(exp):
-  """Step 0: parameters, non-parameter collections and optimiser state."""
+  """Step 0: parameters, non-parameter collections and optimiser state.
+
+  With `config.ema_decay` > 0 the state also keeps `ema_params`, an
+  exponential moving average of the parameters (Polyak averaging, as VDVAE
+  and NVAE evaluate); with `config.early_stopping_patience` > 0 it keeps
+  `early_stopping`: the variables evaluated best on the validation split so
+  far, that loss, its step and the evaluations since. Both live in the
+  train state, so every checkpoint resumes exactly and holds the best
+  variables (`best_state`).
+  """
   dummy = jnp.zeros((1, *exp.image_shape), jnp.float32)
   # Compiled, initialisation takes half the time of running it op by op.
   variables = jax.jit(exp.model.init)(exp.keys['init'], dummy)
@@ -174,4 +205,43 @@ def init_state(exp):
       'model_state': dict(variables),
       'opt_state': exp.optimizer.init(params),
   }
+  config = exp.config
+  if config.ema_decay:
+    state['ema_params'] = jax.tree.map(jnp.copy, params)
+  if config.early_stopping_patience:
+    state['early_stopping'] = {
+        'params': jax.tree.map(jnp.copy, params),
+        'model_state': jax.tree.map(jnp.copy, dict(variables)),
+        'loss': jnp.asarray(np.inf, jnp.float32),
+        'step': jnp.zeros((), jnp.int32),
+        'evals_since_best': jnp.zeros((), jnp.int32),
+    }
   return sharding.put_replicated(state, exp.mesh)
+
+
+def evaluated_params(state):
+  """The parameters a state is evaluated with: their moving average when
+  the run keeps one, else the parameters."""
+  return state['ema_params'] if 'ema_params' in state else state['params']
+
+
+def stopped_early(state, config):
+  """Whether early stopping ended the run of `state`."""
+  return ('early_stopping' in state and
+          int(state['early_stopping']['evals_since_best'])
+          >= config.early_stopping_patience)
+
+
+def best_state(state):
+  """`state` with the variables that evaluated best on the validation split
+  (early stopping) as its parameters; `state` itself without early
+  stopping. What the final evaluation, the figures and a restored workdir
+  use."""
+  if 'early_stopping' not in state:
+    return state
+  best = state['early_stopping']
+  if int(best['step']) == 0:  # Never evaluated: nothing was selected.
+    return state
+  chosen = {k: v for k, v in state.items() if k != 'ema_params'}
+  chosen.update(params=best['params'], model_state=best['model_state'])
+  return chosen

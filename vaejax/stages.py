@@ -57,7 +57,12 @@ class Trained:
 
   @property
   def variables(self):
-    return evaluators.variables_of(self.state)
+    return evaluators.variables_of(self.evaluated_state)
+
+  @property
+  def evaluated_state(self):
+    """The state to evaluate: the best of an early-stopped run."""
+    return experiment_lib.best_state(self.state)
 
 
 @dataclasses.dataclass

@@ -69,6 +69,7 @@ def make_train_chunk(exp, data_on_device=True):
   model, objective, transform = exp.model, exp.objective, exp.transform
   optimizer = exp.optimizer
   skip_threshold = exp.config.optimizer.skip_update_above_grad_norm
+  ema_decay = exp.config.ema_decay
 
   def across_devices(collective, tree):
     # A mean over one device is the identity; XLA:CPU would still run it.
@@ -134,12 +135,14 @@ def make_train_chunk(exp, data_on_device=True):
       metrics['skipped_updates'] = skip.astype(jnp.float32)
     else:
       params, opt_state = apply_update(state['params'], state['opt_state'])
-    new_state = {
-        'step': step + 1,
-        'params': params,
-        'model_state': model_state,
-        'opt_state': opt_state,
-    }
+    # Entries the step does not change (early stopping's best variables)
+    # pass through.
+    new_state = dict(state, step=step + 1, params=params,
+                     model_state=model_state, opt_state=opt_state)
+    if 'ema_params' in state:
+      with jax.named_scope('ema'):
+        new_state['ema_params'] = optax.incremental_update(
+            params, state['ema_params'], 1.0 - ema_decay)
     return new_state, metrics
 
   def chunk_from_device_data(state, images, labels, indices):
@@ -222,7 +225,8 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
   pending = []
   with faults.StopSignals() as signals:
     try:
-      while step < num_steps:
+      while (step < num_steps
+             and not experiment.stopped_early(state, config)):
         end = next_boundary(step, config)
         chunk_start = time.perf_counter()
         args = feed.chunk_args(step, end)
@@ -240,18 +244,24 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
           scalars.update(progress.report(step, scalars))
           writer.write_scalars(step,
                                {f'train/{k}': v for k, v in scalars.items()})
+        stopping = False
         if (config.eval_every and step % config.eval_every == 0
             and step < num_steps):
           eval_metrics = evaluator.evaluate(state, step, quick=True)
           writer.write_scalars(step, {f'eval/{k}': v
                                       for k, v in eval_metrics.items()})
           logging.info('[%d/%d] eval on %d %s examples: %s', step, num_steps,
-                       eval_metrics['eval_examples'], evaluator.split_name,
+                       eval_metrics['eval_examples'],
+                       evaluator.quick_split_name,
                        ' '.join(f'{k}={v:.4g}' for k, v in
                                 sorted(eval_metrics.items())
                                 if k != 'eval_examples'))
+          if 'early_stopping' in state:
+            state = early_stopping_update(exp, state, step,
+                                          eval_metrics['loss'])
+            stopping = experiment.stopped_early(state, config)
         if (config.checkpoint_every and step % config.checkpoint_every == 0
-            or step == num_steps):
+            or step == num_steps or stopping):
           checkpoint.save(manager, step, state)
           last_checkpoint = step_path(workdir, step)
         stop_signal = signals.stop_requested()
@@ -262,9 +272,42 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
               f'{signal.Signals(stop_signal).name} received: saved a '
               f'checkpoint at step {step} in {step_path(workdir, step)}. '
               f'Rerun the same command to resume from it.', stop_signal)
+        if stopping:
+          best = state['early_stopping']
+          logging.info(
+              'Early stopping at step %d: the validation loss has not '
+              'improved for %d evaluations; the best, %.6g at step %d, is '
+              'what the final evaluation uses.', step,
+              config.early_stopping_patience, float(best['loss']),
+              int(best['step']))
+          break
     finally:
       feed.close()
   return state
+
+
+def early_stopping_update(exp, state, step, loss):
+  """Early stopping's record after a validation loss at `step`: the
+  evaluated variables become the best when the loss is lower than the best
+  so far, else one more evaluation since the best."""
+  record = state['early_stopping']
+  if loss < float(record['loss']):
+    record = {
+        'params': _copy(experiment.evaluated_params(state)),
+        'model_state': _copy(state['model_state']),
+        'loss': sharding.put_replicated(np.float32(loss), exp.mesh),
+        'step': sharding.put_replicated(np.int32(step), exp.mesh),
+        'evals_since_best': sharding.put_replicated(np.int32(0), exp.mesh),
+    }
+  else:
+    record = dict(record, evals_since_best=sharding.put_replicated(
+        np.int32(int(record['evals_since_best']) + 1), exp.mesh))
+  return dict(state, early_stopping=record)
+
+
+# New buffers (the train chunk donates the state's, so the best variables
+# must not share them), with the same shardings.
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
 def train_and_evaluate(config, workdir, dataset=None):
@@ -294,8 +337,7 @@ def train_and_evaluate(config, workdir, dataset=None):
       state = restored
       logging.info('Resumed from %s at step %d.',
                    workdir_lib.checkpoint_dir(workdir), int(state['step']))
-      finished = finished_run(workdir, config, saved_config,
-                              int(state['step']))
+      finished = finished_run(workdir, config, saved_config, state)
       if finished is not None:
         manager.close()
         return dict(finished, state=state)
@@ -313,13 +355,19 @@ def train_and_evaluate(config, workdir, dataset=None):
     raise
 
   step = int(state['step'])
-  final_metrics = evaluator.evaluate(state, step, quick=False)
+  # Early stopping: the variables that evaluated best on validation.
+  evaluated = experiment.best_state(state)
+  final_metrics = evaluator.evaluate(evaluated, step, quick=False)
   final_metrics['train_seconds_this_run'] = train_seconds
+  if 'early_stopping' in state:
+    final_metrics['best_step'] = int(state['early_stopping']['step'])
+    final_metrics['best_validation_loss'] = float(
+        state['early_stopping']['loss'])
   writer.write_scalars(step, {f'eval/{k}': v for k, v in final_metrics.items()})
   figure_paths = {}
   if is_main_process:
     # Pictures are small: process 0 draws them from a host copy of the state.
-    figure_paths = evaluator.save_figures(workdir, sharding.to_host(state),
+    figure_paths = evaluator.save_figures(workdir, sharding.to_host(evaluated),
                                           step, writer)
   if is_main_process:
     workdir_lib.write_metrics_json(workdir, step, final_metrics)
@@ -331,11 +379,13 @@ def train_and_evaluate(config, workdir, dataset=None):
           'tensorboard_dir': workdir_lib.tensorboard_dir(workdir)}
 
 
-def finished_run(workdir, config, saved_config, step):
-  """The outputs of a run that already finished with this same config, or
-  None (then the loop trains on, or evaluates again because a setting
-  changed)."""
-  if step < config.num_train_steps or saved_config is None:
+def finished_run(workdir, config, saved_config, state):
+  """The outputs of a run that already finished (all steps, or stopped
+  early) with this same config, or None (then the loop trains on, or
+  evaluates again because a setting changed)."""
+  step = int(state['step'])
+  if saved_config is None or (step < config.num_train_steps and
+                              not experiment.stopped_early(state, config)):
     return None
   if checkpoint.config_differences(saved_config, config):
     return None

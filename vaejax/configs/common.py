@@ -134,6 +134,13 @@ def training(config, batch_size, num_train_steps, eval_every,
   config.eval_every = eval_every
   config.checkpoint_every = checkpoint_every
   config.checkpoints_to_keep = checkpoints_to_keep
+  # > 0: keep an exponential moving average of the parameters with this
+  # decay and evaluate it instead of the parameters (VDVAE, NVAE).
+  config.ema_decay = 0.0
+  # > 0: stop after this many periodic evaluations (every eval_every steps)
+  # without a lower validation loss (needs data.validation_size > 0); the
+  # final evaluation uses the best variables.
+  config.early_stopping_patience = 0
 
 
 def evaluation(**overrides):
@@ -179,6 +186,8 @@ def runlocal(config):
 SAVED_CONFIG_DEFAULTS = {
     'num_devices': None,
     'checkpoints_to_keep': 3,
+    'ema_decay': 0.0,
+    'early_stopping_patience': 0,
     'data.on_device': True,
     'data.path': None,
     'data.image_size': None,
@@ -188,6 +197,8 @@ SAVED_CONFIG_DEFAULTS = {
     'data.features_workdir': None,
     'model.image_shape': None,
     'model.conv_impl': 'auto',
+    'model.gated': False,
+    'model.logvar_range': None,
     'objective.likelihood_scale': 0.1,
     'objective.min_log_scale': -7.0,
     'optimizer.schedule': 'constant',
@@ -246,6 +257,7 @@ RANGES = {
     'steps_per_dispatch': POSITIVE, 'log_every': POSITIVE,
     'eval_every': NON_NEGATIVE, 'checkpoint_every': NON_NEGATIVE,
     'checkpoints_to_keep': POSITIVE, 'num_devices': POSITIVE,
+    'ema_decay': UNIT_INTERVAL, 'early_stopping_patience': NON_NEGATIVE,
     'validation_size': NON_NEGATIVE, 'download_timeout_s': POSITIVE,
     'test_fraction': UNIT_INTERVAL, 'image_size': POSITIVE,
     'feature_dim': POSITIVE,

@@ -23,6 +23,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from vaejax import errors
+from vaejax import experiment
 from vaejax import images as image_lib
 from vaejax import metric_writers
 from vaejax import prng
@@ -90,8 +91,10 @@ def describe_settings(settings):
 
 
 def variables_of(state):
-  """The flax variables of a train state: parameters and model state."""
-  return {'params': state['params'], **state['model_state']}
+  """The flax variables a train state is evaluated with: its parameters
+  (their moving average when the run keeps one) and model state. For the
+  best variables of an early-stopped run pass `experiment.best_state(state)`."""
+  return {'params': experiment.evaluated_params(state), **state['model_state']}
 
 
 class Evaluator:
@@ -114,6 +117,13 @@ class Evaluator:
       self.split = exp.dataset.validation
     else:
       self.split = exp.dataset.test
+    # Periodic evaluations during training (and early stopping) watch the
+    # validation split when the run holds one out.
+    if exp.dataset.validation is not None:
+      self.quick_split_name, self.quick_split = (
+          'validation', exp.dataset.validation)
+    else:
+      self.quick_split_name, self.quick_split = self.split_name, self.split
     self._compiled = {}
     # The evaluation being run, named in progress lines.
     self._running = None
@@ -200,11 +210,12 @@ class Evaluator:
     return self.split.labels[:len(images)]
 
   def eval_images(self, quick=False):
-    """The held-out images: the first `quick_examples` if quick, else the
-    first `max_examples` if set, else all."""
-    images = self.split.images
+    """The held-out images: the first `quick_examples` of the quick split
+    (validation when the run has one) if quick, else the first
+    `max_examples` of the evaluation split if set, else all of it."""
     if quick:
-      return images[:self.eval_config.quick_examples]
+      return self.quick_split.images[:self.eval_config.quick_examples]
+    images = self.split.images
     if self.eval_config.max_examples:
       return images[:self.eval_config.max_examples]
     return images

@@ -21,8 +21,10 @@ from vaejax.objectives import distributions
 from vaejax.objectives import vae as vae_objectives
 
 
-def mlp_trunk(x, hidden_sizes, dtype):
-  """Flatten -> ReLU Dense layers `hidden_<i>`.
+def mlp_trunk(x, hidden_sizes, dtype, gated=False):
+  """Flatten -> ReLU Dense layers `hidden_<i>`, or gated ones
+  (h = hidden_i(x) * sigmoid(gate_i(x)), Dauphin et al. 2017, as the MLP
+  VAEs of Tomczak & Welling 2018, "VAE with a VampPrior").
 
   The trunks are functions called inside a module's compact `__call__`, so
   their layers are that module's own (same parameter names as when the
@@ -30,8 +32,22 @@ def mlp_trunk(x, hidden_sizes, dtype):
   """
   h = x.reshape(x.shape[0], -1)
   for i, size in enumerate(hidden_sizes):
-    h = nn.relu(nn.Dense(size, dtype=dtype, name=f'hidden_{i}')(h))
+    linear = nn.Dense(size, dtype=dtype, name=f'hidden_{i}')(h)
+    if gated:
+      h = linear * nn.sigmoid(
+          nn.Dense(size, dtype=dtype, name=f'gate_{i}')(h))
+    else:
+      h = nn.relu(linear)
   return h
+
+
+def clip_logvar(logvar, logvar_range):
+  """The posterior log-variance clipped to `logvar_range` (None: as is), a
+  hard tanh as in the VampPrior code ([-6, 2])."""
+  if logvar_range is None:
+    return logvar
+  low, high = logvar_range
+  return jnp.clip(logvar, low, high)
 
 
 def conv_trunk(x, channels, hidden_size, dtype, conv_impl):
@@ -45,28 +61,33 @@ def conv_trunk(x, channels, hidden_size, dtype, conv_impl):
 
 
 class MLPGaussianEncoder(nn.Module):
-  """Flatten -> ReLU MLP -> (mean, log-variance)."""
+  """Flatten -> ReLU (or gated) MLP -> (mean, log-variance)."""
   hidden_sizes: Sequence[int]
   latent_dim: int
   dtype: Any = jnp.float32
+  gated: bool = False
+  logvar_range: Sequence[float] | None = None
 
   @nn.compact
   def __call__(self, x):
-    h = mlp_trunk(x, self.hidden_sizes, self.dtype)
+    h = mlp_trunk(x, self.hidden_sizes, self.dtype, self.gated)
     mean = nn.Dense(self.latent_dim, dtype=self.dtype, name='mean')(h)
     logvar = nn.Dense(self.latent_dim, dtype=self.dtype, name='logvar')(h)
-    return mean.astype(jnp.float32), logvar.astype(jnp.float32)
+    logvar = clip_logvar(logvar.astype(jnp.float32), self.logvar_range)
+    return mean.astype(jnp.float32), logvar
 
 
 class MLPDecoder(nn.Module):
-  """Code -> ReLU MLP -> likelihood parameters with the image's shape."""
+  """Code -> ReLU (or gated) MLP -> likelihood parameters with the image's
+  shape."""
   hidden_sizes: Sequence[int]
   output_shape: Sequence[int]
   dtype: Any = jnp.float32
+  gated: bool = False
 
   @nn.compact
   def __call__(self, z):
-    h = mlp_trunk(z, self.hidden_sizes, self.dtype)
+    h = mlp_trunk(z, self.hidden_sizes, self.dtype, self.gated)
     h = nn.Dense(math.prod(self.output_shape), dtype=self.dtype,
                  name='output')(h)
     return h.reshape(z.shape[0], *self.output_shape).astype(jnp.float32)
@@ -225,10 +246,17 @@ def output_shape(image_shape, likelihood):
 def mlp_vae(config, image_shape, likelihood):
   hidden = tuple(config.hidden_sizes)
   dtype = compute_dtype(config)
+  logvar_range = config.logvar_range
+  if logvar_range is not None and (len(logvar_range) != 2 or
+                                   logvar_range[0] >= logvar_range[1]):
+    raise errors.ConfigError(
+        f'config.model.logvar_range={logvar_range!r} must be (low, high) '
+        f'with low < high, e.g. --config.model.logvar_range=-6,2, or None.')
   model = VAE(
-      encoder=MLPGaussianEncoder(hidden, config.latent_dim, dtype),
+      encoder=MLPGaussianEncoder(hidden, config.latent_dim, dtype,
+                                 config.gated, logvar_range),
       decoder=MLPDecoder(hidden[::-1], output_shape(image_shape, likelihood),
-                         dtype))
+                         dtype, config.gated))
   return VAEFamily(model, likelihood, 'mlp_vae', config.latent_dim)
 
 
