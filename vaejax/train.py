@@ -225,8 +225,9 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
   pending = []
   with faults.StopSignals() as signals:
     try:
-      while (step < num_steps
-             and not experiment.stopped_early(state, config)):
+      # Read once from the (resumed) state; then set where it changes.
+      stopping = experiment.stopped_early(state, config)
+      while step < num_steps and not stopping:
         end = next_boundary(step, config)
         chunk_start = time.perf_counter()
         args = feed.chunk_args(step, end)
@@ -244,7 +245,6 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
           scalars.update(progress.report(step, scalars))
           writer.write_scalars(step,
                                {f'train/{k}': v for k, v in scalars.items()})
-        stopping = False
         if (config.eval_every and step % config.eval_every == 0
             and step < num_steps):
           eval_metrics = evaluator.evaluate(state, step, quick=True)
