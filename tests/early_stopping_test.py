@@ -153,13 +153,15 @@ def test_early_stopping_update_follows_the_losses(tiny_data_dir):
   for step, loss in zip(range(10, 70, 10), (5.0, 4.0, 4.5, 3.0, 3.5, 3.0)):
     state = dict(state, params=jax.tree.map(lambda p: p + 1.0,
                                             state['params']))
-    state = train.early_stopping_update(exp, state, step, loss)
+    state = experiment.early_stopping_update(exp, state, step, loss)
     if loss < best:
       best, best_step, since = loss, step, 0
       best_params = jax.device_get(state['params'])
     else:
       since += 1
     record = state['early_stopping']
+    assert (float(record['loss']), int(record['step']),
+            int(record['evals_since_best'])) == (best, best_step, since)
     expected.append((float(record['loss']), int(record['step']),
                      int(record['evals_since_best'])))
     assert _leaves_equal(record['params'], best_params)

@@ -246,14 +246,15 @@ def test_quick_evaluation_during_training(cli_workdir, tiny_data_dir,
                                           tmp_path):
   logged = scalars(os.path.join(cli_workdir, 'tensorboard'))
   # eval_every=10 of 20 steps: a quick evaluation at step 10 on the first
-  # quick_examples test examples, then the final one on all of them.
+  # quick_examples validation examples (the run holds 32 out), then the final
+  # one on all the test examples.
   assert logged['eval/eval_examples'] == {10: 16.0, 20: 64.0}
   assert set(logged['eval/nll_elbo']) == {10, 20}
   assert 'eval/nll_iwae' not in logged or 10 not in logged['eval/nll_iwae']
   # The same number as a 10-step run's final evaluation of those examples.
   config = tiny_config(tiny_data_dir, **{
       **CLI_RUN, 'num_train_steps': 10, 'eval_every': 0,
-      'eval.max_examples': 16, 'eval.extras': ()})
+      'eval.max_examples': 16, 'eval.extras': (), 'eval.split': 'validation'})
   ten_steps = train.train_and_evaluate(config, str(tmp_path))
   np.testing.assert_allclose(logged['eval/nll_elbo'][10],
                              ten_steps['metrics']['nll_elbo'], rtol=1e-6)

@@ -20,6 +20,12 @@ VARIANT_CONFIGS = {
     ('vae', 'iwae'): {'objective.name': 'iwae'},
     ('vae', 'beta=4'): {'objective.beta': 4.0},
     ('vae', 'latent=3'): {'model.latent_dim': 3},
+    ('vae', 'paper'): {'model.gated': True, 'model.hidden_sizes': (300, 300),
+                       'model.latent_dim': 40,
+                       'model.logvar_range': (-6.0, 2.0),
+                       'data.validation_size': 10_000,
+                       'early_stopping_patience': 50, 'batch_size': 100},
+    ('vae', 'ema=0.99'): {'ema_decay': 0.99},
     ('vae', 'runlocal'): {'num_train_steps': 20, 'eval.iwae_samples': 50},
     ('ae', 'loss=mae'): {'objective.loss': 'mae'},
     ('ae', 'loss=bce'): {'objective.loss': 'bce',
@@ -111,6 +117,8 @@ TRAINING_RUNS = {
         ('mnist,iwae,beta=4,latent=3,runlocal', {}),
         ('conv,runlocal', {**SMALL_CONV, 'num_train_steps': 4,
                            'steps_per_dispatch': 2, 'eval.extras': ()}),
+        # Early stopping on a 32-example validation split, every 10 steps.
+        ('paper,ema=0.99,runlocal', {'data.validation_size': 32}),
     ],
     'ae': [
         ('loss=mae,sparse=0.05,denoising,noise=0.2,code=8,mnist,runlocal',
@@ -165,8 +173,9 @@ def test_variants_train_at_runlocal_size(tiny_data_dir, tmp_path, experiment,
     saved = json.load(f)
   parts = arg.split(',')
   for part in parts:
-    # Keys that another part or an override of this run sets instead.
-    others = set(overrides).union(*(
+    # Keys that another part or an override of this run (or DATA) sets
+    # instead.
+    others = set(overrides).union(DATA[experiment], *(
         VARIANT_CONFIGS.get((experiment, other), {})
         for other in parts if other != part))
     if any(other.startswith('noise=') for other in parts):

@@ -245,3 +245,27 @@ def best_state(state):
   chosen = {k: v for k, v in state.items() if k != 'ema_params'}
   chosen.update(params=best['params'], model_state=best['model_state'])
   return chosen
+
+
+def early_stopping_update(exp, state, step, loss):
+  """Early stopping's record after a validation loss at `step`: the
+  evaluated variables become the best when the loss is lower than the best
+  so far, else one more evaluation since the best."""
+  record = state['early_stopping']
+  if loss < float(record['loss']):
+    record = {
+        'params': _copy(evaluated_params(state)),
+        'model_state': _copy(state['model_state']),
+        'loss': sharding.put_replicated(np.float32(loss), exp.mesh),
+        'step': sharding.put_replicated(np.int32(step), exp.mesh),
+        'evals_since_best': sharding.put_replicated(np.int32(0), exp.mesh),
+    }
+  else:
+    record = dict(record, evals_since_best=sharding.put_replicated(
+        np.int32(int(record['evals_since_best']) + 1), exp.mesh))
+  return dict(state, early_stopping=record)
+
+
+# New buffers (the train chunk donates the state's, so the best variables
+# must not share them), with the same shardings.
+_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))

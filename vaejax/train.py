@@ -257,7 +257,7 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
                                 sorted(eval_metrics.items())
                                 if k != 'eval_examples'))
           if 'early_stopping' in state:
-            state = early_stopping_update(exp, state, step,
+            state = experiment.early_stopping_update(exp, state, step,
                                           eval_metrics['loss'])
             stopping = experiment.stopped_early(state, config)
         if (config.checkpoint_every and step % config.checkpoint_every == 0
@@ -284,30 +284,6 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
     finally:
       feed.close()
   return state
-
-
-def early_stopping_update(exp, state, step, loss):
-  """Early stopping's record after a validation loss at `step`: the
-  evaluated variables become the best when the loss is lower than the best
-  so far, else one more evaluation since the best."""
-  record = state['early_stopping']
-  if loss < float(record['loss']):
-    record = {
-        'params': _copy(experiment.evaluated_params(state)),
-        'model_state': _copy(state['model_state']),
-        'loss': sharding.put_replicated(np.float32(loss), exp.mesh),
-        'step': sharding.put_replicated(np.int32(step), exp.mesh),
-        'evals_since_best': sharding.put_replicated(np.int32(0), exp.mesh),
-    }
-  else:
-    record = dict(record, evals_since_best=sharding.put_replicated(
-        np.int32(int(record['evals_since_best']) + 1), exp.mesh))
-  return dict(state, early_stopping=record)
-
-
-# New buffers (the train chunk donates the state's, so the best variables
-# must not share them), with the same shardings.
-_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
 
 
 def train_and_evaluate(config, workdir, dataset=None):
