@@ -61,6 +61,13 @@ VARIANT_CONFIGS = {
     ('gmm', 'classifier'): {'model.name': 'mixture_classifier',
                             'objective.name': 'em_mixture_classifier'},
     ('gmm', 'runlocal'): {'num_train_steps': 10},
+    ('mae', 'patch=7'): {'model.patch_size': 7},
+    ('mae', 'mask=0.5'): {'model.mask_ratio': 0.5},
+    ('mae', 'norm_pix'): {'model.norm_pix_loss': True},
+    ('mae', 'cls'): {'model.class_token': True},
+    ('mae', 'epochs=2'): {'num_train_steps': 2 * (60_000 // 256)},
+    ('mae', 'mnist'): {'data.name': 'mnist'},
+    ('mae', 'runlocal'): {'num_train_steps': 20, 'model.embed_dim': 32},
 }
 
 
@@ -88,7 +95,7 @@ def known_variants(experiment):
   return set(module.KNOWN_VARIANTS)
 
 
-@pytest.mark.parametrize('experiment', ['vae', 'ae', 'gmm'])
+@pytest.mark.parametrize('experiment', ['vae', 'ae', 'gmm', 'mae'])
 def test_every_variant_is_checked(experiment):
   checked = {part.split('=')[0] for name, arg in VARIANT_CONFIGS
              if name == experiment for part in arg.split(',')}
@@ -135,12 +142,16 @@ TRAINING_RUNS = {
         ('features=pca,covariance=full,runlocal', {}),
         ('classifier,runlocal', {}),
     ],
+    # The probe trains in mae_test.py.
+    'mae': [('patch=7,mask=0.5,norm_pix,cls,epochs=2,mnist,runlocal',
+             {'eval.extras': ()})],
 }
 DATA = {'vae': {'batch_size': 32, 'eval.batch_size': 32,
                 'eval.iwae_batch_size': 32},
         'ae': {'batch_size': 32, 'eval.batch_size': 32},
         'gmm': {'batch_size': 256, 'eval.batch_size': 32,
-                'data.feature_dim': 8}}
+                'data.feature_dim': 8},
+        'mae': {'batch_size': 32, 'eval.batch_size': 32}}
 
 
 def test_training_runs_cover_every_variant():

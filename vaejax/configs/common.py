@@ -280,6 +280,10 @@ RANGES = {
     'probe_train_examples': POSITIVE, 'pixel_pca_dims': POSITIVE,
     'traversal_dims': POSITIVE, 'scatter_examples': POSITIVE,
     'denoising_levels': NON_NEGATIVE,
+    'patch_size': POSITIVE, 'embed_dim': POSITIVE, 'depth': POSITIVE,
+    'num_heads': POSITIVE, 'decoder_dim': POSITIVE,
+    'decoder_depth': NON_NEGATIVE, 'decoder_heads': POSITIVE,
+    'mask_ratio': UNIT_INTERVAL,
 }
 _IN_RANGE = {
     POSITIVE: lambda v: v > 0,

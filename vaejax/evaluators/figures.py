@@ -31,19 +31,24 @@ def figure_inputs(evaluator, num_examples=32):
 
 
 def reconstructions_figure(evaluator, variables, settings):
-  """Rows of 8 held-out inputs, each row above its reconstructions."""
+  """Rows of 8 held-out inputs, each row above what the family makes of them
+  (`Family.reconstruction_rows`: the reconstructions, or for a masked
+  autoencoder the masked input, the prediction and the original)."""
   del settings
   x, keys = figure_inputs(evaluator)
   columns = min(8, len(x))
   # Whole rows only.
   x, keys = x[:len(x) // columns * columns], keys[:len(x) // columns * columns]
-  recon = evaluator.family.reconstruct(variables, x, keys)
-  pairs = jnp.stack([x.reshape(-1, columns, *x.shape[1:]),
-                     recon.reshape(-1, columns, *x.shape[1:])], axis=1)
+  rows = evaluator.family.reconstruction_rows(variables, x, keys)
+  grouped = jnp.stack([row.reshape(-1, columns, *x.shape[1:])
+                       for row in rows.values()], axis=1)
+  if tuple(rows) == ('input', 'reconstruction'):
+    title = f'{evaluator.split_name} inputs and their reconstructions'
+  else:
+    title = f'{evaluator.split_name} images: {" / ".join(rows)}'
   return {'reconstructions': image_lib.tile_picture(
-      pairs.reshape(-1, *x.shape[1:]), columns,
-      title=f'{evaluator.split_name} inputs and their reconstructions',
-      row_labels=('input', 'reconstruction') * pairs.shape[0])}
+      grouped.reshape(-1, *x.shape[1:]), columns, title=title,
+      row_labels=tuple(rows) * grouped.shape[0])}
 
 
 def samples_figure(evaluator, variables, settings):

@@ -4,6 +4,7 @@ from vaejax import errors
 from vaejax import registry
 from vaejax.models import autoencoder
 from vaejax.models import family
+from vaejax.models import mae
 from vaejax.models import mixture
 from vaejax.models import vae
 
@@ -14,6 +15,7 @@ MODELS = registry.Registry('model', {
     'mixture_classifier': mixture.mixture_classifier,
     'mlp_autoencoder': autoencoder.mlp_autoencoder,
     'conv_autoencoder': autoencoder.conv_autoencoder,
+    'mae': mae.mae,
 }, 'config.model.name')
 
 

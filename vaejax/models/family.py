@@ -84,6 +84,12 @@ class Family:
   def has(self, ability: str) -> bool:
     return self.lacking(ability) is None
 
+  def reconstruction_rows(self, variables, x, keys):
+    """Labelled rows of the reconstructions figure, each [B, H, W, C]:
+    input and `reconstruct` (a family may show more, e.g. the masked input
+    of a masked autoencoder)."""
+    return {'input': x, 'reconstruction': self.reconstruct(variables, x, keys)}
+
   def missing(self, abilities) -> str | None:
     """The first reason why one of `abilities` is lacking, or None."""
     for ability in abilities:

@@ -1,0 +1,270 @@
+"""Masked autoencoder (He et al., 2022) with a ViT encoder: `mae` in the
+model registry.
+
+The image [B, H, W, C] is cut into p x p patches, N = (H/p)(W/p) of them,
+each a vector of p*p*C values (`patchify`, row-major over the patch grid).
+Per example a random subset of `num_kept(N, ratio)` patches stays visible
+(`random_masking`, drawn from that example's key). The encoder embeds and
+runs only the visible patches (gathered, so its cost scales with their
+number), with fixed 2-D sin-cos position embeddings (`sincos_2d`) and an
+optional class token. The decoder embeds the encoder's tokens to its own
+width, appends a learned mask token for every masked patch, restores the
+patch order, adds its own sin-cos position embeddings and predicts every
+patch's p*p*C values with a shallow transformer. The loss
+(`vaejax.objectives.mae`) is the MSE on the masked patches only.
+
+The family contract: `represent` is the encoder on every patch (no
+masking), mean-pooled over the patch tokens or the class token;
+`reconstruct` is the prediction with the visible patches pasted in;
+`reconstruction_rows` draws masked input / prediction / original.
+"""
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaejax import errors
+from vaejax.data import patches as patch_lib
+from vaejax.models import family
+
+
+def patch_grid(image_shape, patch_size):
+  """(rows, columns) of the patch grid; a clear error when p does not divide
+  the image."""
+  height, width, _ = image_shape
+  if height % patch_size or width % patch_size:
+    divisors = [p for p in range(1, min(height, width) + 1)
+                if height % p == 0 and width % p == 0]
+    raise errors.ConfigError(
+        f'config.model.patch_size={patch_size} does not divide images of '
+        f'shape {tuple(image_shape)}: use one of {divisors}.')
+  return height // patch_size, width // patch_size
+
+
+def sincos_1d(dim, positions):
+  """[len(positions), dim]: sin(pos * w_i) then cos(pos * w_i), with
+  w_i = 10000^(-i / (dim/2)), i = 0 .. dim/2 - 1 (the Transformer's)."""
+  omega = 1.0 / 10000.0 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2))
+  angles = np.asarray(positions, np.float64)[:, None] * omega[None]
+  return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def sincos_2d(dim, rows, columns):
+  """[rows*columns, dim] fixed position embeddings of the row-major patch
+  grid: the first dim/2 values embed the column, the last dim/2 the row
+  (MAE's reference code, `get_2d_sincos_pos_embed`)."""
+  if dim % 4:
+    raise errors.ConfigError(
+        f'2-D sin-cos position embeddings need a width divisible by 4, got '
+        f'{dim}: set config.model.embed_dim and config.model.decoder_dim to '
+        f'multiples of 4.')
+  row, column = np.meshgrid(np.arange(rows), np.arange(columns),
+                            indexing='ij')
+  return np.concatenate([sincos_1d(dim // 2, column.reshape(-1)),
+                         sincos_1d(dim // 2, row.reshape(-1))],
+                        axis=1).astype(np.float32)
+
+
+def num_kept(num_patches, mask_ratio):
+  """The exact number of visible patches per example: floor(N (1 - r)), as
+  MAE's reference code keeps."""
+  return int(num_patches * (1.0 - mask_ratio))
+
+
+def random_masking(keys, num_patches, mask_ratio):
+  """Per-example random masks from [B] keys.
+
+  Returns (keep [B, K] indices of the visible patches in the order the
+  encoder sees them, restore [B, N] the permutation that puts the
+  decoder's [visible, masked] tokens back in patch order, mask [B, N] 1.0
+  for masked patches), K = num_kept(N, ratio): exactly N - K masked each.
+  """
+  kept = num_kept(num_patches, mask_ratio)
+  noise = jax.vmap(lambda k: jax.random.uniform(k, (num_patches,)))(keys)
+  shuffle = jnp.argsort(noise, axis=1)
+  restore = jnp.argsort(shuffle, axis=1)
+  mask = (restore >= kept).astype(jnp.float32)
+  return shuffle[:, :kept], restore, mask
+
+
+class TransformerBlock(nn.Module):
+  """Pre-norm block: x + MHA(LN(x)), then x + MLP(LN(x)) (GELU, 4x)."""
+  num_heads: int
+  mlp_ratio: int = 4
+
+  @nn.compact
+  def __call__(self, x):
+    width = x.shape[-1]
+    h = nn.LayerNorm(name='norm1')(x)
+    x = x + nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, name='attention')(h, h)
+    h = nn.LayerNorm(name='norm2')(x)
+    h = nn.Dense(self.mlp_ratio * width, name='mlp_in')(h)
+    return x + nn.Dense(width, name='mlp_out')(nn.gelu(h))
+
+
+class MaskedAutoencoder(nn.Module):
+  """ViT encoder on the visible patches and a shallow transformer decoder."""
+  image_shape: tuple
+  patch_size: int
+  embed_dim: int
+  depth: int
+  num_heads: int
+  decoder_dim: int
+  decoder_depth: int
+  decoder_heads: int
+  mask_ratio: float = 0.75
+  # The decoder predicts each patch normalised by its own mean and standard
+  # deviation (`normalized_patches`; MAE's norm_pix_loss).
+  norm_pix_loss: bool = False
+  class_token: bool = False
+
+  def setup(self):
+    rows, columns = patch_grid(self.image_shape, self.patch_size)
+    self.num_patches = rows * columns
+    self.encoder_position = sincos_2d(self.embed_dim, rows, columns)
+    self.decoder_position = sincos_2d(self.decoder_dim, rows, columns)
+    init = nn.initializers.normal(0.02)
+    self.patch_embed = nn.Dense(self.embed_dim)
+    if self.class_token:
+      self.cls = self.param('class_token', init, (1, 1, self.embed_dim))
+    self.encoder_blocks = [TransformerBlock(self.num_heads)
+                           for _ in range(self.depth)]
+    self.encoder_norm = nn.LayerNorm()
+    self.decoder_embed = nn.Dense(self.decoder_dim)
+    self.mask_token = self.param('mask_token', init, (1, 1, self.decoder_dim))
+    self.decoder_blocks = [TransformerBlock(self.decoder_heads)
+                           for _ in range(self.decoder_depth)]
+    self.decoder_norm = nn.LayerNorm()
+    self.predict = nn.Dense(self.patch_size ** 2 * self.image_shape[-1])
+
+  def encode(self, x, keep: Optional[jax.Array] = None):
+    """Encoder tokens [B, K (+1), embed_dim] of the patches `keep` [B, K]
+    (every patch when None), the class token first when there is one."""
+    tokens = self.patch_embed(patch_lib.patchify(x, self.patch_size))
+    tokens = tokens + self.encoder_position[None]
+    if keep is not None:
+      tokens = jnp.take_along_axis(tokens, keep[..., None], axis=1)
+    if self.class_token:
+      # Its position embedding is zero, as in MAE.
+      tokens = jnp.concatenate(
+          [jnp.broadcast_to(self.cls, (tokens.shape[0], 1, self.embed_dim)),
+           tokens], axis=1)
+    for block in self.encoder_blocks:
+      tokens = block(tokens)
+    return self.encoder_norm(tokens)
+
+  def decode(self, tokens, restore: Optional[jax.Array] = None):
+    """Predicted patches [B, N, p*p*C] from encoder tokens of the visible
+    patches; `restore` [B, N] puts [visible, mask tokens] in patch order
+    (None: the tokens are of every patch, in order)."""
+    h = self.decoder_embed(tokens)
+    if self.class_token:
+      cls, h = h[:, :1], h[:, 1:]
+    batch, visible, _ = h.shape
+    if restore is not None:
+      masked = jnp.broadcast_to(
+          self.mask_token, (batch, self.num_patches - visible,
+                            self.decoder_dim))
+      h = jnp.take_along_axis(jnp.concatenate([h, masked], axis=1),
+                              restore[..., None], axis=1)
+    h = h + self.decoder_position[None]
+    if self.class_token:
+      h = jnp.concatenate([cls, h], axis=1)
+    for block in self.decoder_blocks:
+      h = block(h)
+    prediction = self.predict(self.decoder_norm(h))
+    return prediction[:, 1:] if self.class_token else prediction
+
+  def represent(self, x):
+    """The unmasked encoder's class token, or its mean patch token."""
+    tokens = self.encode(x)
+    return tokens[:, 0] if self.class_token else jnp.mean(tokens, axis=1)
+
+  def masked(self, x, keys):
+    """(predicted patches [B, N, p*p*C], mask [B, N]) with the patches
+    masked by `random_masking` from the per-example `keys`."""
+    keep, restore, mask = random_masking(keys, self.num_patches,
+                                         self.mask_ratio)
+    return self.decode(self.encode(x, keep), restore), mask
+
+  def __call__(self, x, keep=None, restore=None):
+    return self.decode(self.encode(x, keep), restore)
+
+
+class MAEFamily(family.Family):
+  """The contract for a masked autoencoder (the likelihood only shows its
+  predictions as images: the identity mean of a Gaussian)."""
+  LACKING = {
+      'reconstruction_nll': 'a masked autoencoder defines no likelihood',
+      'sample': 'a masked autoencoder has no prior to sample from',
+      'log_likelihood_bound': 'a masked autoencoder defines no p(x)',
+      'encode': 'a masked autoencoder has no single continuous code to '
+                'interpolate (its features are per-patch tokens)',
+      'decode': 'a masked autoencoder decodes tokens of patches, not a code',
+      'posterior_kl_per_dim': 'a masked autoencoder has no posterior',
+      'prior_grid': 'a masked autoencoder has no prior',
+      'assign_clusters': 'a masked autoencoder is not a mixture model',
+      'positive_probability': 'a masked autoencoder is not a classifier',
+  }
+
+  def represent(self, variables, x):
+    return self.model.apply(variables, x, method=self.model.represent)
+
+  def _masked_prediction(self, variables, x, keys):
+    """(patches of x, predicted patches in pixel space, mask [B, N])."""
+    prediction, mask = self.model.apply(variables, x, keys,
+                                        method=self.model.masked)
+    patches = patch_lib.patchify(x, self.model.patch_size)
+    if self.model.norm_pix_loss:
+      # Shown in pixel space with the true patch's mean and scale (as
+      # MAE's visualisation does).
+      _, (mean, std) = patch_lib.normalized_patches(patches)
+      prediction = prediction * std + mean
+    return patches, prediction, mask
+
+  def _image(self, patches):
+    return patch_lib.unpatchify(patches, self.model.patch_size,
+                                self.model.image_shape)
+
+  def reconstruct(self, variables, x, keys):
+    """The prediction of the masked patches with the visible ones pasted."""
+    patches, prediction, mask = self._masked_prediction(variables, x, keys)
+    pasted = jnp.where(mask[..., None] > 0, prediction, patches)
+    return self._image(pasted)
+
+  def reconstruction_rows(self, variables, x, keys):
+    patches, prediction, mask = self._masked_prediction(variables, x, keys)
+    # Masked patches shown at mid-grey.
+    masked_input = jnp.where(mask[..., None] > 0, 0.5, patches)
+    pasted = jnp.where(mask[..., None] > 0, prediction, patches)
+    return {'masked input': self._image(masked_input),
+            'prediction, visible pasted': jnp.clip(self._image(pasted),
+                                                   0.0, 1.0),
+            'original': x}
+
+
+def mae(config, image_shape, likelihood):
+  patch_grid(image_shape, config.patch_size)
+  for width, heads, name in ((config.embed_dim, config.num_heads, 'num_heads'),
+                             (config.decoder_dim, config.decoder_heads,
+                              'decoder_heads')):
+    if width % heads:
+      raise errors.ConfigError(
+          f'config.model.{name}={heads} does not divide the width {width} '
+          f'of its transformer: choose a divisor.')
+  rows, columns = patch_grid(image_shape, config.patch_size)
+  if num_kept(rows * columns, config.mask_ratio) < 1:
+    raise errors.ConfigError(
+        f'config.model.mask_ratio={config.mask_ratio} leaves no visible patch '
+        f'of the {rows * columns}; lower it.')
+  model = MaskedAutoencoder(
+      image_shape=tuple(image_shape), patch_size=config.patch_size,
+      embed_dim=config.embed_dim, depth=config.depth,
+      num_heads=config.num_heads, decoder_dim=config.decoder_dim,
+      decoder_depth=config.decoder_depth, decoder_heads=config.decoder_heads,
+      mask_ratio=config.mask_ratio, norm_pix_loss=config.norm_pix_loss,
+      class_token=config.class_token)
+  return MAEFamily(model, likelihood, 'mae')
