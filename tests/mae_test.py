@@ -179,8 +179,8 @@ def test_family_represent_and_reconstruct():
   chex.assert_shape(recon, x.shape)
   # Visible patches are pasted from the input, masked ones predicted.
   _, _, mask = mae.random_masking(keys, 49, 0.75)
-  same = np.all(np.asarray(patch_lib.patchify(recon, 4) == patch_lib.patchify(x, 4)),
-                axis=-1)
+  same = np.all(np.asarray(patch_lib.patchify(recon, 4)
+                           == patch_lib.patchify(x, 4)), axis=-1)
   np.testing.assert_array_equal(same, np.asarray(mask) == 0)
   rows = family.reconstruction_rows(variables, x, keys)
   assert list(rows) == ['masked input', 'prediction, visible pasted',

@@ -105,6 +105,44 @@ class TransformerBlock(nn.Module):
     return x + nn.Dense(width, name='mlp_out')(nn.gelu(h))
 
 
+class ViTEncoder(nn.Module):
+  """A ViT on (a subset of) the patches of an image: patch embedding plus
+  fixed sin-cos positions, an optional class token (position embedding
+  zero, as in MAE), pre-norm blocks, a final LayerNorm. The MAE's encoder,
+  and the backbone a classifier fine-tunes (parameters under `encoder`)."""
+  image_shape: tuple
+  patch_size: int
+  embed_dim: int
+  depth: int
+  num_heads: int
+  class_token: bool = False
+
+  @nn.compact
+  def __call__(self, x, keep: Optional[jax.Array] = None):
+    """Tokens [B, K (+1), embed_dim] of the patches `keep` [B, K] (every
+    patch when None), the class token first when there is one."""
+    rows, columns = patch_grid(self.image_shape, self.patch_size)
+    tokens = nn.Dense(self.embed_dim, name='patch_embed')(
+        patch_lib.patchify(x, self.patch_size))
+    tokens = tokens + sincos_2d(self.embed_dim, rows, columns)[None]
+    if keep is not None:
+      tokens = jnp.take_along_axis(tokens, keep[..., None], axis=1)
+    if self.class_token:
+      cls = self.param('class_token', nn.initializers.normal(0.02),
+                       (1, 1, self.embed_dim))
+      tokens = jnp.concatenate(
+          [jnp.broadcast_to(cls, (tokens.shape[0], 1, self.embed_dim)),
+           tokens], axis=1)
+    for i in range(self.depth):
+      tokens = TransformerBlock(self.num_heads, name=f'block{i}')(tokens)
+    return nn.LayerNorm(name='norm')(tokens)
+
+
+def pooled(tokens, class_token):
+  """The class token, or the mean patch token: [B, T, D] -> [B, D]."""
+  return tokens[:, 0] if class_token else jnp.mean(tokens, axis=1)
+
+
 class MaskedAutoencoder(nn.Module):
   """ViT encoder on the visible patches and a shallow transformer decoder."""
   image_shape: tuple
@@ -124,37 +162,21 @@ class MaskedAutoencoder(nn.Module):
   def setup(self):
     rows, columns = patch_grid(self.image_shape, self.patch_size)
     self.num_patches = rows * columns
-    self.encoder_position = sincos_2d(self.embed_dim, rows, columns)
     self.decoder_position = sincos_2d(self.decoder_dim, rows, columns)
-    init = nn.initializers.normal(0.02)
-    self.patch_embed = nn.Dense(self.embed_dim)
-    if self.class_token:
-      self.cls = self.param('class_token', init, (1, 1, self.embed_dim))
-    self.encoder_blocks = [TransformerBlock(self.num_heads)
-                           for _ in range(self.depth)]
-    self.encoder_norm = nn.LayerNorm()
+    self.encoder = ViTEncoder(self.image_shape, self.patch_size,
+                              self.embed_dim, self.depth, self.num_heads,
+                              self.class_token)
     self.decoder_embed = nn.Dense(self.decoder_dim)
-    self.mask_token = self.param('mask_token', init, (1, 1, self.decoder_dim))
+    self.mask_token = self.param('mask_token', nn.initializers.normal(0.02),
+                                 (1, 1, self.decoder_dim))
     self.decoder_blocks = [TransformerBlock(self.decoder_heads)
                            for _ in range(self.decoder_depth)]
     self.decoder_norm = nn.LayerNorm()
     self.predict = nn.Dense(self.patch_size ** 2 * self.image_shape[-1])
 
   def encode(self, x, keep: Optional[jax.Array] = None):
-    """Encoder tokens [B, K (+1), embed_dim] of the patches `keep` [B, K]
-    (every patch when None), the class token first when there is one."""
-    tokens = self.patch_embed(patch_lib.patchify(x, self.patch_size))
-    tokens = tokens + self.encoder_position[None]
-    if keep is not None:
-      tokens = jnp.take_along_axis(tokens, keep[..., None], axis=1)
-    if self.class_token:
-      # Its position embedding is zero, as in MAE.
-      tokens = jnp.concatenate(
-          [jnp.broadcast_to(self.cls, (tokens.shape[0], 1, self.embed_dim)),
-           tokens], axis=1)
-    for block in self.encoder_blocks:
-      tokens = block(tokens)
-    return self.encoder_norm(tokens)
+    """The encoder's tokens of the patches `keep` (every one when None)."""
+    return self.encoder(x, keep)
 
   def decode(self, tokens, restore: Optional[jax.Array] = None):
     """Predicted patches [B, N, p*p*C] from encoder tokens of the visible
@@ -180,8 +202,7 @@ class MaskedAutoencoder(nn.Module):
 
   def represent(self, x):
     """The unmasked encoder's class token, or its mean patch token."""
-    tokens = self.encode(x)
-    return tokens[:, 0] if self.class_token else jnp.mean(tokens, axis=1)
+    return pooled(self.encode(x), self.class_token)
 
   def masked(self, x, keys):
     """(predicted patches [B, N, p*p*C], mask [B, N]) with the patches
