@@ -280,6 +280,9 @@ RANGES = {
     'probe_train_examples': POSITIVE, 'pixel_pca_dims': POSITIVE,
     'traversal_dims': POSITIVE, 'scatter_examples': POSITIVE,
     'denoising_levels': NON_NEGATIVE,
+    'num_classes': POSITIVE, 'convs_per_stage': POSITIVE,
+    'dropout_rate': UNIT_INTERVAL, 'label_smoothing': UNIT_INTERVAL,
+    'augment_pad': NON_NEGATIVE,
 }
 _IN_RANGE = {
     POSITIVE: lambda v: v > 0,

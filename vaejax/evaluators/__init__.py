@@ -10,6 +10,7 @@
                  'traversals', 'pca_scatter'
   denoising.py   'denoising' (evaluation and figure): PSNR of autoencoders
   mixtures.py    'mixture_cluster_accuracy', 'mixture_classifier_accuracy'
+  classification.py  'classification': accuracy of a classifier family
   plots.py       drawing with NumPy and PIL (scatter plots, traversal codes)
   spec.py        `Evaluation`: a function, the family abilities it needs,
                  whether it needs labels, the config keys it reads
@@ -19,6 +20,7 @@ line in a registry below.
 """
 from vaejax import errors
 from vaejax import registry
+from vaejax.evaluators import classification
 from vaejax.evaluators import denoising
 from vaejax.evaluators import figures
 from vaejax.evaluators import latents
@@ -35,6 +37,7 @@ EVALUATIONS = registry.Registry('evaluation', {
     'denoising': denoising.DENOISING,
     'mixture_cluster_accuracy': mixtures.CLUSTER_ACCURACY,
     'mixture_classifier_accuracy': mixtures.CLASSIFIER_ACCURACY,
+    'classification': classification.CLASSIFICATION,
 }, 'config.eval.extras')
 
 FIGURES = registry.Registry('figure', {

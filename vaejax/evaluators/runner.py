@@ -133,9 +133,14 @@ class Evaluator:
                                         config.eval.figures)
     model, objective = exp.model, exp.objective
 
-    def objective_metrics(variables, images, positions):
+    def objective_metrics(replicated, images, positions):
+      variables, labels = replicated
       x, objective_keys = self.inputs(images, positions)
       batch = {'image': images, 'inputs': x}
+      # As in training, a labelled split's batches carry the labels (the
+      # padding of a last batch repeats the last label; it is dropped).
+      if labels is not None:
+        batch['label'] = labels[jnp.minimum(positions, len(labels) - 1)]
       loss, metrics, _ = objective(model, variables, batch, objective_keys,
                                    jnp.asarray(config.num_train_steps), False)
       metrics = dict(metrics, loss=loss)
@@ -209,6 +214,14 @@ class Evaluator:
     """The labels of `images` from `eval_images` (a prefix of the split)."""
     return self.split.labels[:len(images)]
 
+  def split_labels(self, quick, num):
+    """int32 labels of the first `num` examples of the quick or evaluation
+    split (`eval_images`), or None for an unlabelled data set."""
+    split = self.quick_split if quick else self.split
+    if split.labels is None:
+      return None
+    return np.asarray(split.labels[:num], np.int32)
+
   def eval_images(self, quick=False):
     """The held-out images: the first `quick_examples` of the quick split
     (validation when the run has one) if quick, else the first
@@ -229,7 +242,11 @@ class Evaluator:
     del step
     images = self.eval_images(quick)
     variables = variables_of(state)
-    per_example = self.map_split(self._objective_metrics, variables, images)
+    labels = self.split_labels(quick, len(images))
+    if labels is not None:
+      labels = sharding.put_replicated(labels, self.exp.mesh)
+    per_example = self.map_split(self._objective_metrics, (variables, labels),
+                                 images)
     metrics = {k: float(np.mean(v)) for k, v in per_example.items()}
     if 'elbo' in metrics:
       metrics['nll_elbo'] = -metrics['elbo']

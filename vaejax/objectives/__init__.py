@@ -5,6 +5,7 @@ A factory returns a loss function with the shared signature documented in
 """
 from vaejax import registry
 from vaejax.objectives import autoencoder
+from vaejax.objectives import classifier
 from vaejax.objectives import mixture
 from vaejax.objectives import vae
 
@@ -14,6 +15,7 @@ OBJECTIVES = registry.Registry('objective', {
     'em_gmm': mixture.make_em_gmm,
     'em_mixture_classifier': mixture.make_em_mixture_classifier,
     'autoencoder': autoencoder.make_autoencoder,
+    'cross_entropy': classifier.make_cross_entropy,
 }, 'config.objective.name')
 
 
