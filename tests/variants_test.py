@@ -61,6 +61,11 @@ VARIANT_CONFIGS = {
     ('gmm', 'classifier'): {'model.name': 'mixture_classifier',
                             'objective.name': 'em_mixture_classifier'},
     ('gmm', 'runlocal'): {'num_train_steps': 10},
+    ('classifier', 'mlp'): {'model.name': 'mlp_classifier'},
+    ('classifier', 'mnist'): {'data.name': 'mnist'},
+    ('classifier', 'epochs=3'): {'num_train_steps': 3 * (60_000 // 128)},
+    ('classifier', 'runlocal'): {'num_train_steps': 20,
+                                 'eval.max_examples': 1000},
 }
 
 
@@ -88,7 +93,7 @@ def known_variants(experiment):
   return set(module.KNOWN_VARIANTS)
 
 
-@pytest.mark.parametrize('experiment', ['vae', 'ae', 'gmm'])
+@pytest.mark.parametrize('experiment', ['vae', 'ae', 'gmm', 'classifier'])
 def test_every_variant_is_checked(experiment):
   checked = {part.split('=')[0] for name, arg in VARIANT_CONFIGS
              if name == experiment for part in arg.split(',')}
@@ -135,12 +140,19 @@ TRAINING_RUNS = {
         ('features=pca,covariance=full,runlocal', {}),
         ('classifier,runlocal', {}),
     ],
+    # epochs= sets num_train_steps, which runlocal then overrides.
+    'classifier': [
+        ('mlp,mnist,epochs=3,runlocal', {}),
+        ('runlocal', {'model.channels': (8, 16), 'model.hidden_size': 16,
+                      'num_train_steps': 4, 'steps_per_dispatch': 2}),
+    ],
 }
 DATA = {'vae': {'batch_size': 32, 'eval.batch_size': 32,
                 'eval.iwae_batch_size': 32},
         'ae': {'batch_size': 32, 'eval.batch_size': 32},
         'gmm': {'batch_size': 256, 'eval.batch_size': 32,
-                'data.feature_dim': 8}}
+                'data.feature_dim': 8},
+        'classifier': {'batch_size': 32, 'eval.batch_size': 32}}
 
 
 def test_training_runs_cover_every_variant():

@@ -100,8 +100,15 @@ def variables_of(state):
 class Evaluator:
   """Evaluates train states of an experiment on its held-out split."""
 
-  def __init__(self, exp, evaluations, figures):
+  def __init__(self, exp, evaluations, figures, trained_features=None):
     self.exp = exp
+    # workdir -> the `represent` of the run trained there, on uint8 images
+    # (`vaejax.stages.trained_features`, passed in by the callers above
+    # this layer); None where the caller passes none.
+    self.trained_features = trained_features
+    # Results that several evaluations share (a feature extractor and its
+    # features of the held-out split), computed once.
+    self.cache = {}
     self.family = exp.family
     config = exp.config
     self.eval_config = config.eval
@@ -157,14 +164,16 @@ class Evaluator:
     runnable = []
     for name in names:
       entry = registry.get(name)
+      settings = spec.read_settings(self.exp.config, entry.settings)
       reason = self.family.missing(entry.requires)
       if reason is None and entry.needs_labels and not self.has_labels:
         reason = f'{self.exp.dataset.source} has no class labels'
+      if reason is None and entry.unavailable is not None:
+        reason = entry.unavailable(self, settings)
       if reason is not None:
         logging.info('Skipping the %s %r: %s.', kind, name, reason)
         continue
-      runnable.append(
-          (name, entry, spec.read_settings(self.exp.config, entry.settings)))
+      runnable.append((name, entry, settings))
     return runnable
 
   @property
