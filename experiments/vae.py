@@ -74,6 +74,11 @@ def get_config(arg=None):
   config.optimizer = common.optimizer()
   config.eval = common.evaluation(
       iwae_batch_size=100,
+      # Opt-in extras: 'sample_quality' and 'sample_quality_reference' (FID,
+      # KID, precision / recall in the features of the classifier in
+      # eval.sample_quality_classifier_workdir, trained by
+      # experiments/classifier.py): python -m vaejax.evaluate --workdir W
+      # --extras=sample_quality,sample_quality_reference
       extras=('iwae', 'diagnostics', 'linear_probe', 'clustering'),
       figures=('reconstructions', 'samples', 'interpolations', 'manifold',
                'traversals', 'pca_scatter'))

@@ -14,7 +14,8 @@ from vaejax.configs import common
 from vaejax.configs import loading
 
 EXPERIMENTS = ('experiments/vae.py', 'experiments/ae.py',
-               'experiments/gmm.py:classifier', 'experiments/mae.py')
+               'experiments/gmm.py:classifier', 'experiments/classifier.py',
+               'experiments/mae.py')
 # Numbers with no range to check: any seed, a log-scale floor, class ids,
 # shapes.
 UNRANGED = ('seed', 'min_log_scale', 'positive_classes', 'image_shape')

@@ -68,6 +68,11 @@ VARIANT_CONFIGS = {
     ('mae', 'epochs=2'): {'num_train_steps': 2 * (60_000 // 256)},
     ('mae', 'mnist'): {'data.name': 'mnist'},
     ('mae', 'runlocal'): {'num_train_steps': 20, 'model.embed_dim': 32},
+    ('classifier', 'mlp'): {'model.name': 'mlp_classifier'},
+    ('classifier', 'mnist'): {'data.name': 'mnist'},
+    ('classifier', 'epochs=3'): {'num_train_steps': 3 * (60_000 // 128)},
+    ('classifier', 'runlocal'): {'num_train_steps': 20,
+                                 'eval.max_examples': 1000},
 }
 
 
@@ -95,7 +100,8 @@ def known_variants(experiment):
   return set(module.KNOWN_VARIANTS)
 
 
-@pytest.mark.parametrize('experiment', ['vae', 'ae', 'gmm', 'mae'])
+@pytest.mark.parametrize('experiment', ['vae', 'ae', 'gmm', 'classifier',
+                                        'mae'])
 def test_every_variant_is_checked(experiment):
   checked = {part.split('=')[0] for name, arg in VARIANT_CONFIGS
              if name == experiment for part in arg.split(',')}
@@ -145,12 +151,19 @@ TRAINING_RUNS = {
     # The probe trains in mae_test.py.
     'mae': [('patch=7,mask=0.5,norm_pix,cls,epochs=2,mnist,runlocal',
              {'eval.extras': ()})],
+    # epochs= sets num_train_steps, which runlocal then overrides.
+    'classifier': [
+        ('mlp,mnist,epochs=3,runlocal', {}),
+        ('runlocal', {'model.channels': (8, 16), 'model.hidden_size': 16,
+                      'num_train_steps': 4, 'steps_per_dispatch': 2}),
+    ],
 }
 DATA = {'vae': {'batch_size': 32, 'eval.batch_size': 32,
                 'eval.iwae_batch_size': 32},
         'ae': {'batch_size': 32, 'eval.batch_size': 32},
         'gmm': {'batch_size': 256, 'eval.batch_size': 32,
                 'data.feature_dim': 8},
+        'classifier': {'batch_size': 32, 'eval.batch_size': 32},
         'mae': {'batch_size': 32, 'eval.batch_size': 32}}
 
 

@@ -68,7 +68,7 @@ def evaluate_checkpoint(workdir, iwae_samples=None, split=None, extras=None):
   config = workdir_lib.load_config(workdir)
   _override_eval_config(config, iwae_samples, split, extras)
   trained = stages.restore(workdir, config)
-  evaluator = evaluators.build(trained.exp)
+  evaluator = evaluators.build(trained.exp, stages.trained_features)
   state, step = trained.evaluated_state, trained.step
   metrics = evaluator.evaluate(state, step)
 

@@ -124,21 +124,40 @@ def trained_stage(config, dataset):
     raise errors.ConfigError(
         f'config.data.features={config.data.features!r} needs '
         f'config.data.features_workdir: the workdir of a trained model.')
-  trained = restore(workdir, dataset=dataset)
-  family = trained.exp.family
-  reason = family.missing(('represent',))
+  return represented_stage(restore(workdir, dataset=dataset),
+                           'config.data.features_workdir', 'a first stage',
+                           'latent means')
+
+
+def represented_stage(trained, config_key, purpose, what):
+  """The `represent` of a restored run as a `FirstStage`; an error naming
+  `config_key` when its family cannot represent."""
+  reason = trained.exp.family.missing(('represent',))
   if reason:
     raise errors.ConfigError(
-        f'config.data.features_workdir={workdir}: {reason}, so it cannot be '
-        f'a first stage.')
+        f'{config_key}={trained.workdir}: {reason}, so it cannot be '
+        f'{purpose}.')
   evaluator = evaluators.build(trained.exp)
 
   def extract(images):
     return evaluator.representations(trained.variables, images)
 
   return FirstStage(extract, (
-      f'latent means of the {trained.exp.config.model.name} in {workdir} '
+      f'{what} of the {trained.exp.config.model.name} in {trained.workdir} '
       f'(step {trained.step})'), trained)
+
+
+def trained_features(workdir):
+  """`represent` of the model trained in `workdir` (its own data, transform
+  and fixed evaluation keys) as a `FirstStage` mapping uint8 images to
+  features: the feature space of the sample-quality evaluations, passed to
+  `evaluators.build` by the train loop and the evaluation command (the
+  evaluators sit below this module and cannot restore a workdir
+  themselves)."""
+  return represented_stage(
+      restore(workdir), 'config.eval.sample_quality_classifier_workdir',
+      'the feature extractor of the sample-quality metrics',
+      'penultimate features')
 
 
 FEATURES = registry.Registry('feature extractor', {

@@ -321,7 +321,7 @@ def train_and_evaluate(config, workdir, dataset=None):
       workdir_lib.save_config(workdir, config)
     writer = metric_writers.MetricWriter(
         workdir_lib.tensorboard_dir(workdir), enabled=is_main_process)
-    evaluator = evaluators.build(exp)
+    evaluator = evaluators.build(exp, stages.trained_features)
     train_start = time.perf_counter()
     state = train_steps(exp, state, manager, writer, evaluator, workdir)
     checkpoint.wait_until_finished(manager)

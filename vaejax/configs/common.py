@@ -164,7 +164,16 @@ def evaluation(**overrides):
       # traversals, pca_scatter.
       traversal_dims=8, scatter_examples=2000,
       # denoising: corruption levels of the PSNR table and figure.
-      denoising_levels=(0.1, 0.3, 0.5)))
+      denoising_levels=(0.1, 0.3, 0.5),
+      # sample_quality, sample_quality_reference: the classifier whose
+      # penultimate features they compare (experiments/classifier.py), the
+      # number of samples (and of training images for the floor), KID's
+      # subsets, precision / recall's k, the reference degradations (noise
+      # sigma in [0, 1] intensity, blur sigma in pixels).
+      sample_quality_classifier_workdir='workdirs/classifier',
+      sample_quality_samples=10_000, kid_subsets=100, kid_subset_size=1000,
+      precision_recall_k=3, reference_noise_levels=(0.05, 0.1, 0.2, 0.4),
+      reference_blur_levels=(0.5, 1.0, 2.0)))
   block.update(overrides)
   return block
 
@@ -223,6 +232,13 @@ SAVED_CONFIG_DEFAULTS = {
     'eval.traversal_dims': 8,
     'eval.scatter_examples': 2000,
     'eval.denoising_levels': (0.1, 0.3, 0.5),
+    'eval.sample_quality_classifier_workdir': 'workdirs/classifier',
+    'eval.sample_quality_samples': 10_000,
+    'eval.kid_subsets': 100,
+    'eval.kid_subset_size': 1000,
+    'eval.precision_recall_k': 3,
+    'eval.reference_noise_levels': (0.05, 0.1, 0.2, 0.4),
+    'eval.reference_blur_levels': (0.5, 1.0, 2.0),
 }
 
 
@@ -284,6 +300,13 @@ RANGES = {
     'num_heads': POSITIVE, 'decoder_dim': POSITIVE,
     'decoder_depth': NON_NEGATIVE, 'decoder_heads': POSITIVE,
     'mask_ratio': UNIT_INTERVAL,
+    'num_classes': POSITIVE, 'convs_per_stage': POSITIVE,
+    'dropout_rate': UNIT_INTERVAL, 'label_smoothing': UNIT_INTERVAL,
+    'augment_pad': NON_NEGATIVE,
+    'sample_quality_samples': POSITIVE, 'kid_subsets': POSITIVE,
+    'kid_subset_size': POSITIVE, 'precision_recall_k': POSITIVE,
+    'reference_noise_levels': NON_NEGATIVE,
+    'reference_blur_levels': NON_NEGATIVE,
 }
 _IN_RANGE = {
     POSITIVE: lambda v: v > 0,

@@ -10,6 +10,9 @@
                  'traversals', 'pca_scatter'
   denoising.py   'denoising' (evaluation and figure): PSNR of autoencoders
   mixtures.py    'mixture_cluster_accuracy', 'mixture_classifier_accuracy'
+  classification.py  'classification': accuracy of a classifier family
+  sample_quality.py  'sample_quality', 'sample_quality_reference': FID, KID,
+                 precision / recall in a trained classifier's feature space
   plots.py       drawing with NumPy and PIL (scatter plots, traversal codes)
   spec.py        `Evaluation`: a function, the family abilities it needs,
                  whether it needs labels, the config keys it reads
@@ -19,12 +22,14 @@ line in a registry below.
 """
 from vaejax import errors
 from vaejax import registry
+from vaejax.evaluators import classification
 from vaejax.evaluators import denoising
 from vaejax.evaluators import figures
 from vaejax.evaluators import latents
 from vaejax.evaluators import likelihood
 from vaejax.evaluators import mixtures
 from vaejax.evaluators import runner
+from vaejax.evaluators import sample_quality
 from vaejax.evaluators import spec
 
 EVALUATIONS = registry.Registry('evaluation', {
@@ -35,6 +40,9 @@ EVALUATIONS = registry.Registry('evaluation', {
     'denoising': denoising.DENOISING,
     'mixture_cluster_accuracy': mixtures.CLUSTER_ACCURACY,
     'mixture_classifier_accuracy': mixtures.CLASSIFIER_ACCURACY,
+    'classification': classification.CLASSIFICATION,
+    'sample_quality': sample_quality.SAMPLE_QUALITY,
+    'sample_quality_reference': sample_quality.SAMPLE_QUALITY_REFERENCE,
 }, 'config.eval.extras')
 
 FIGURES = registry.Registry('figure', {
@@ -50,9 +58,14 @@ FIGURES = registry.Registry('figure', {
 variables_of = runner.variables_of
 
 
-def build(exp):
-  """The Evaluator of `exp` with the registered evaluations and figures."""
-  return runner.Evaluator(exp, EVALUATIONS, FIGURES)
+def build(exp, trained_features=None):
+  """The Evaluator of `exp` with the registered evaluations and figures.
+
+  `trained_features(workdir)` (`vaejax.stages.trained_features`) restores
+  the feature extractor of the sample-quality evaluations; without it they
+  are skipped.
+  """
+  return runner.Evaluator(exp, EVALUATIONS, FIGURES, trained_features)
 
 
 def check_config(config):

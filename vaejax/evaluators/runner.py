@@ -100,8 +100,15 @@ def variables_of(state):
 class Evaluator:
   """Evaluates train states of an experiment on its held-out split."""
 
-  def __init__(self, exp, evaluations, figures):
+  def __init__(self, exp, evaluations, figures, trained_features=None):
     self.exp = exp
+    # workdir -> the `represent` of the run trained there, on uint8 images
+    # (`vaejax.stages.trained_features`, passed in by the callers above
+    # this layer); None where the caller passes none.
+    self.trained_features = trained_features
+    # Results that several evaluations share (a feature extractor and its
+    # features of the held-out split), computed once.
+    self.cache = {}
     self.family = exp.family
     config = exp.config
     self.eval_config = config.eval
@@ -133,9 +140,14 @@ class Evaluator:
                                         config.eval.figures)
     model, objective = exp.model, exp.objective
 
-    def objective_metrics(variables, images, positions):
+    def objective_metrics(replicated, images, positions):
+      variables, labels = replicated
       x, objective_keys = self.inputs(images, positions)
       batch = {'image': images, 'inputs': x}
+      # As in training, a labelled split's batches carry the labels (the
+      # padding of a last batch repeats the last label; it is dropped).
+      if labels is not None:
+        batch['label'] = labels[jnp.minimum(positions, len(labels) - 1)]
       loss, metrics, _ = objective(model, variables, batch, objective_keys,
                                    jnp.asarray(config.num_train_steps), False)
       metrics = dict(metrics, loss=loss)
@@ -152,14 +164,16 @@ class Evaluator:
     runnable = []
     for name in names:
       entry = registry.get(name)
+      settings = spec.read_settings(self.exp.config, entry.settings)
       reason = self.family.missing(entry.requires)
       if reason is None and entry.needs_labels and not self.has_labels:
         reason = f'{self.exp.dataset.source} has no class labels'
+      if reason is None and entry.unavailable is not None:
+        reason = entry.unavailable(self, settings)
       if reason is not None:
         logging.info('Skipping the %s %r: %s.', kind, name, reason)
         continue
-      runnable.append(
-          (name, entry, spec.read_settings(self.exp.config, entry.settings)))
+      runnable.append((name, entry, settings))
     return runnable
 
   @property
@@ -209,6 +223,14 @@ class Evaluator:
     """The labels of `images` from `eval_images` (a prefix of the split)."""
     return self.split.labels[:len(images)]
 
+  def split_labels(self, quick, num):
+    """int32 labels of the first `num` examples of the quick or evaluation
+    split (`eval_images`), or None for an unlabelled data set."""
+    split = self.quick_split if quick else self.split
+    if split.labels is None:
+      return None
+    return np.asarray(split.labels[:num], np.int32)
+
   def eval_images(self, quick=False):
     """The held-out images: the first `quick_examples` of the quick split
     (validation when the run has one) if quick, else the first
@@ -229,7 +251,11 @@ class Evaluator:
     del step
     images = self.eval_images(quick)
     variables = variables_of(state)
-    per_example = self.map_split(self._objective_metrics, variables, images)
+    labels = self.split_labels(quick, len(images))
+    if labels is not None:
+      labels = sharding.put_replicated(labels, self.exp.mesh)
+    per_example = self.map_split(self._objective_metrics, (variables, labels),
+                                 images)
     metrics = {k: float(np.mean(v)) for k, v in per_example.items()}
     if 'elbo' in metrics:
       metrics['nll_elbo'] = -metrics['elbo']

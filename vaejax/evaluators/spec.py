@@ -24,6 +24,9 @@ class Evaluation:
   requires: tuple = ()
   needs_labels: bool = False
   settings: tuple = ()
+  # fn(evaluator, settings) -> None, or why the evaluation cannot run here
+  # (a file it reads is missing): checked when the evaluator is built.
+  unavailable: Callable | None = None
 
 
 def setting_path(key):

@@ -3,6 +3,7 @@ likelihood) -> a `family.Family` (the flax module and its abilities)."""
 from vaejax import errors
 from vaejax import registry
 from vaejax.models import autoencoder
+from vaejax.models import classifier
 from vaejax.models import family
 from vaejax.models import mae
 from vaejax.models import mixture
@@ -16,6 +17,8 @@ MODELS = registry.Registry('model', {
     'mlp_autoencoder': autoencoder.mlp_autoencoder,
     'conv_autoencoder': autoencoder.conv_autoencoder,
     'mae': mae.mae,
+    'cnn_classifier': classifier.cnn_classifier,
+    'mlp_classifier': classifier.mlp_classifier,
 }, 'config.model.name')
 
 

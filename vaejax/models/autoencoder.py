@@ -86,6 +86,8 @@ class AutoencoderFamily(family.Family):
       'prior_grid': 'a deterministic autoencoder has no prior',
       'assign_clusters': 'an autoencoder is not a mixture model',
       'positive_probability': 'an autoencoder is not a classifier',
+      'classify': 'an autoencoder is not a classifier (a linear probe '
+                  'classifies its codes: linear_probe)',
   }
 
   def encode(self, variables, x):

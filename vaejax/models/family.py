@@ -40,6 +40,9 @@ per example, so results never depend on how a batch is split over devices):
   assign_clusters(variables, features) -> [B] int
   positive_probability(variables, features) -> [B]
       Mixture families: the most responsible component; P(Y=1 | x).
+  classify(variables, x) -> [B, K] float
+      Class logits of a classifier (`vaejax.models.classifier`), whose
+      `represent` is its penultimate layer.
 
 A family implements the abilities it has as methods and names the others
 in `lacking`, with the reason: {'sample': 'a deterministic autoencoder has
@@ -52,7 +55,7 @@ import flax.linen as nn
 ABILITIES = (
     'represent', 'reconstruct', 'reconstruction_nll', 'sample',
     'log_likelihood_bound', 'encode', 'decode', 'posterior_kl_per_dim',
-    'prior_grid', 'assign_clusters', 'positive_probability',
+    'prior_grid', 'assign_clusters', 'positive_probability', 'classify',
 )
 
 

@@ -229,6 +229,8 @@ class MAEFamily(family.Family):
       'prior_grid': 'a masked autoencoder has no prior',
       'assign_clusters': 'a masked autoencoder is not a mixture model',
       'positive_probability': 'a masked autoencoder is not a classifier',
+      'classify': 'a masked autoencoder is not a classifier (its encoder '
+                  'is fine-tuned as one)',
   }
 
   def represent(self, variables, x):

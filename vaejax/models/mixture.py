@@ -138,12 +138,16 @@ _NOT_AN_IMAGE_MODEL = {
     'posterior_kl_per_dim': 'a mixture has no per-dimension posterior',
     'prior_grid': 'a mixture has no continuous prior',
 }
+_NOT_A_SOFTMAX_CLASSIFIER = (
+    'a mixture gives no class logits (the mixture classifier\'s binary '
+    'P(Y=1 | x) is positive_probability)')
 
 
 class GaussianMixtureFamily(family.Family):
   """The contract for `GaussianMixtureModel`: cluster assignments."""
   LACKING = dict(_NOT_AN_IMAGE_MODEL, positive_probability=(
-      'a Gaussian mixture has no labels (use mixture_classifier)'))
+      'a Gaussian mixture has no labels (use mixture_classifier)'),
+                 classify=_NOT_A_SOFTMAX_CLASSIFIER)
 
   def assign_clusters(self, variables, features):
     return self.model.apply(variables, features, method=self.model.predict)
@@ -152,7 +156,8 @@ class GaussianMixtureFamily(family.Family):
 class MixtureClassifierFamily(family.Family):
   """The contract for `MixtureClassifierModel`: P(Y=1 | x)."""
   LACKING = dict(_NOT_AN_IMAGE_MODEL, assign_clusters=(
-      "the classifier's clusters are fitted jointly with the labels"))
+      "the classifier's clusters are fitted jointly with the labels"),
+                 classify=_NOT_A_SOFTMAX_CLASSIFIER)
 
   def positive_probability(self, variables, features):
     return self.model.apply(variables, features,

@@ -158,6 +158,8 @@ class VAEFamily(family.Family):
   LACKING = {
       'assign_clusters': 'a VAE is not a mixture model',
       'positive_probability': 'a VAE is not a classifier',
+      'classify': 'a VAE is not a classifier (a linear probe classifies its '
+                  'latents: linear_probe)',
   }
 
   def __init__(self, model, likelihood, name, latent_dim):

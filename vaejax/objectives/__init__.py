@@ -5,6 +5,7 @@ A factory returns a loss function with the shared signature documented in
 """
 from vaejax import registry
 from vaejax.objectives import autoencoder
+from vaejax.objectives import classifier
 from vaejax.objectives import mae
 from vaejax.objectives import mixture
 from vaejax.objectives import vae
@@ -16,6 +17,7 @@ OBJECTIVES = registry.Registry('objective', {
     'em_mixture_classifier': mixture.make_em_mixture_classifier,
     'autoencoder': autoencoder.make_autoencoder,
     'masked_patch_mse': mae.make_masked_patch_mse,
+    'cross_entropy': classifier.make_cross_entropy,
 }, 'config.objective.name')
 
 

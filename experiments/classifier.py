@@ -1,0 +1,74 @@
+r"""A supervised classifier on Fashion-MNIST: the feature extractor of the
+sample-quality metrics (`python -m vaejax.evaluate --extras=sample_quality`
+reads its checkpoint from workdirs/classifier by default).
+
+  python -m vaejax.main --config experiments/classifier.py \
+      --workdir workdirs/classifier
+
+Default: CNN, three stages of one 3x3 GELU convolution (32, 64, 128
+channels) each followed by 2x2 max pooling, a 256-unit GELU layer (the
+features), dropout 0.3, 10 logits; softmax cross-entropy with label
+smoothing 0.1 on images scaled to [0, 1], each training image shifted by up
+to 2 pixels and mirrored left-right at random (on device, per-example keys);
+AdamW 3e-3 (weight decay 5e-4) with 200 warm-up steps and cosine decay,
+batch 128, 10 epochs. Measured (README "Sample quality"): test accuracy
+0.9113 at step 2200 of 4680, where the run was stopped on a 2-core CPU shared
+with other jobs (31 min 52 s); the full schedule is yet to be measured
+against the target of 0.925.
+
+Variants, comma-separated after a colon and combinable:
+  mlp          an MLP 784-512-256 (ReLU; the 256 units are the features)
+  mnist        MNIST instead of Fashion-MNIST
+  epochs=<n>   train for n epochs (of 60,000 / 128 steps)
+  runlocal     a few steps on a small evaluation: finishes in seconds
+
+  python -m vaejax.main --config experiments/classifier.py:mlp,epochs=5 \
+      --workdir W
+"""
+import ml_collections
+from ml_collections import config_dict
+
+from vaejax.configs import common
+
+KNOWN_VARIANTS = ('mlp', 'mnist', 'epochs', 'runlocal')
+
+
+def get_config(arg=None):
+  variants = common.parse_variants(arg, KNOWN_VARIANTS,
+                                   'experiments/classifier.py')
+  config = ml_collections.ConfigDict()
+  steps_per_epoch = 60_000 // 128
+  epochs = common.variant_value(variants, 'epochs', 10)
+  common.training(config, batch_size=128,
+                  num_train_steps=epochs * steps_per_epoch,
+                  eval_every=2 * steps_per_epoch)
+  config.data = common.data(variants, 'scale')
+
+  config.model = ml_collections.ConfigDict(dict(
+      name='mlp_classifier' if 'mlp' in variants else 'cnn_classifier',
+      num_classes=10,
+      # cnn_classifier: one stage per entry (convolutions, then 2x2 pooling).
+      channels=(32, 64, 128), convs_per_stage=1, hidden_size=256,
+      # mlp_classifier: its hidden layers; the last one gives the features.
+      hidden_sizes=(512, 256),
+      dropout_rate=0.3,
+      conv_impl='auto',  # how convolutions run; see experiments/vae.py
+      image_shape=config_dict.placeholder(tuple)))
+  config.objective = ml_collections.ConfigDict(dict(
+      name='cross_entropy',
+      label_smoothing=0.1,
+      # Training images are shifted by up to augment_pad pixels (0: none)
+      # and mirrored left-right when augment_flip.
+      augment_pad=2, augment_flip=True,
+      # A classifier has no likelihood; these keys only complete the schema.
+      **common.likelihood('bernoulli'),
+  ))
+  config.optimizer = common.optimizer(
+      name='adamw', learning_rate=3e-3, schedule='cosine', warmup_steps=200,
+      weight_decay=5e-4)
+  config.eval = common.evaluation(extras=('classification',))
+
+  if 'runlocal' in variants:
+    common.runlocal(config)
+    config.optimizer.warmup_steps = 5
+  return config
