@@ -18,6 +18,13 @@ against the target of 0.925.
 
 Variants, comma-separated after a colon and combinable:
   mlp          an MLP 784-512-256 (ReLU; the 256 units are the features)
+  vit          a ViT of experiments/mae.py's encoder sizes (patch 4, width
+               128, 6 blocks; `patch=<p>`, `cls` as there), mean token ->
+               logits; AdamW 1e-3, weight decay 0.05, 1 epoch warm-up
+  pretrained=<W>  start from the parameters of the run in W that this model
+               shares (with vit: the encoder of an experiments/mae.py run;
+               the head starts fresh): fine-tuning
+  patch=<p>, cls  the ViT's patch size and class token (match the MAE's)
   mnist        MNIST instead of Fashion-MNIST
   epochs=<n>   train for n epochs (of 60,000 / 128 steps)
   runlocal     a few steps on a small evaluation: finishes in seconds
@@ -28,14 +35,22 @@ Variants, comma-separated after a colon and combinable:
 import ml_collections
 from ml_collections import config_dict
 
+from vaejax import errors
 from vaejax.configs import common
 
-KNOWN_VARIANTS = ('mlp', 'mnist', 'epochs', 'runlocal')
+KNOWN_VARIANTS = ('mlp', 'vit', 'pretrained', 'patch', 'cls', 'mnist',
+                  'epochs', 'runlocal')
+
+MODELS = {'mlp': 'mlp_classifier', 'vit': 'vit_classifier'}
 
 
 def get_config(arg=None):
   variants = common.parse_variants(arg, KNOWN_VARIANTS,
                                    'experiments/classifier.py')
+  if len(set(MODELS) & set(variants)) > 1:
+    raise errors.ConfigError(
+        f'experiments/classifier.py:{arg} names more than one model '
+        f'({", ".join(sorted(set(MODELS) & set(variants)))}): choose one.')
   config = ml_collections.ConfigDict()
   steps_per_epoch = 60_000 // 128
   epochs = common.variant_value(variants, 'epochs', 10)
@@ -45,12 +60,15 @@ def get_config(arg=None):
   config.data = common.data(variants, 'scale')
 
   config.model = ml_collections.ConfigDict(dict(
-      name='mlp_classifier' if 'mlp' in variants else 'cnn_classifier',
+      name=next((MODELS[v] for v in MODELS if v in variants),
+                'cnn_classifier'),
       num_classes=10,
       # cnn_classifier: one stage per entry (convolutions, then 2x2 pooling).
       channels=(32, 64, 128), convs_per_stage=1, hidden_size=256,
       # mlp_classifier: its hidden layers; the last one gives the features.
       hidden_sizes=(512, 256),
+      # vit_classifier: the encoder keys of experiments/mae.py.
+      **common.vit_encoder(variants),
       dropout_rate=0.3,
       conv_impl='auto',  # how convolutions run; see experiments/vae.py
       image_shape=config_dict.placeholder(tuple)))
@@ -67,8 +85,19 @@ def get_config(arg=None):
       name='adamw', learning_rate=3e-3, schedule='cosine', warmup_steps=200,
       weight_decay=5e-4)
   config.eval = common.evaluation(extras=('classification',))
+  if 'vit' in variants:
+    config.optimizer.update(learning_rate=1e-3, weight_decay=0.05,
+                            warmup_steps=steps_per_epoch)
+  if 'pretrained' in variants:
+    config.init_from = common.variant_value(variants, 'pretrained', '')
+    if not config.init_from:
+      raise errors.ConfigError(
+          'The pretrained variant needs the workdir to start from: '
+          'experiments/classifier.py:vit,pretrained=W (W trained with '
+          'experiments/mae.py).')
 
   if 'runlocal' in variants:
     common.runlocal(config)
     config.optimizer.warmup_steps = 5
+    common.vit_encoder_runlocal(config.model)
   return config

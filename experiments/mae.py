@@ -47,12 +47,10 @@ def get_config(arg=None):
 
   config.model = ml_collections.ConfigDict(dict(
       name='mae',
-      patch_size=common.variant_value(variants, 'patch', 4),
-      embed_dim=128, depth=6, num_heads=4,
+      **common.vit_encoder(variants),
       decoder_dim=64, decoder_depth=2, decoder_heads=4,
       mask_ratio=common.variant_value(variants, 'mask', 0.75),
       norm_pix_loss='norm_pix' in variants,
-      class_token='cls' in variants,
       image_shape=config_dict.placeholder(tuple)))
 
   config.objective = ml_collections.ConfigDict(dict(
@@ -68,8 +66,7 @@ def get_config(arg=None):
 
   if 'runlocal' in variants:
     common.runlocal(config)
-    config.model.embed_dim = 32
-    config.model.depth = 2
+    common.vit_encoder_runlocal(config.model)
     config.model.decoder_dim = 16
     config.model.decoder_depth = 1
     config.optimizer.warmup_steps = 5

@@ -13,6 +13,7 @@ from conftest import tiny_config
 from multidevice import run_python
 from vaejax import errors
 from vaejax import evaluators
+from vaejax import experiment
 from vaejax import stages
 from vaejax import train
 from vaejax.configs import loading
@@ -196,13 +197,20 @@ def test_family_represent_and_reconstruct():
                              tokens[:, 0], rtol=1e-6)
 
 
-def test_runlocal_trains_evaluates_and_draws(tiny_data_dir, tmp_path):
+@pytest.fixture(scope='module')
+def mae_run(tiny_data_dir, tmp_path_factory):
+  """A runlocal MAE trained on the tiny data: (config, workdir, result)."""
+  workdir = str(tmp_path_factory.mktemp('mae_run'))
   config = tiny_config(tiny_data_dir, 'mae', 'runlocal')
-  result = train.train_and_evaluate(config, str(tmp_path))
+  return config, workdir, train.train_and_evaluate(config, workdir)
+
+
+def test_runlocal_trains_evaluates_and_draws(mae_run):
+  config, workdir, result = mae_run
   metrics = result['metrics']
   assert 0 < metrics['masked_pixel_mse'] < 1
   assert 0 <= metrics['probe_accuracy_latent'] <= 1
-  with open(os.path.join(tmp_path, 'eval', 'metrics.json')) as f:
+  with open(os.path.join(workdir, 'eval', 'metrics.json')) as f:
     assert json.load(f)['loss'] == pytest.approx(metrics['loss'])
   assert os.path.exists(result['figure_paths']['reconstructions'])
   # The evaluation of the trained state is the one the run reported.
@@ -211,6 +219,41 @@ def test_runlocal_trains_evaluates_and_draws(tiny_data_dir, tmp_path):
   again = evaluator.evaluate(result['state'], config.num_train_steps,
                              quick=False)
   assert again['loss'] == pytest.approx(metrics['loss'], rel=1e-6)
+
+
+def test_fine_tuning_starts_from_the_pretrained_encoder(mae_run,
+                                                        tiny_data_dir,
+                                                        tmp_path):
+  _, workdir, pretrained = mae_run
+  config = tiny_config(tiny_data_dir, 'classifier',
+                       f'vit,pretrained={workdir},runlocal',
+                       num_train_steps=4, steps_per_dispatch=2,
+                       **{'eval.max_examples': 64})
+  exp = stages.build_experiment(config)
+  params = experiment.init_state(exp)['params']
+  # The encoder is the MAE's, exactly; the head is new.
+  chex.assert_trees_all_equal(jax.device_get(params['encoder']),
+                              jax.device_get(
+                                  pretrained['state']['params']['encoder']))
+  assert set(params) == {'encoder', 'logits'}
+  scratch = experiment.init_state(stages.build_experiment(tiny_config(
+      tiny_data_dir, 'classifier', 'vit,runlocal')))['params']
+  assert not np.allclose(
+      jax.tree.leaves(scratch['encoder'])[0],
+      jax.tree.leaves(params['encoder'])[0])
+  result = train.train_and_evaluate(config, str(tmp_path / 'fine_tuned'))
+  assert 0 <= result['metrics']['accuracy'] <= 1
+  # Other encoder sizes, or a model with nothing in common, are errors.
+  wider = tiny_config(tiny_data_dir, 'classifier',
+                      f'vit,pretrained={workdir},runlocal',
+                      **{'model.embed_dim': 64})
+  with pytest.raises(errors.ConfigError, match="'encoder' have other shapes"):
+    experiment.init_state(stages.build_experiment(wider))
+  cnn = tiny_config(tiny_data_dir, 'classifier',
+                    f'pretrained={workdir},runlocal')
+  with pytest.raises(errors.ConfigError,
+                     match='none of its parameter groups'):
+    experiment.init_state(stages.build_experiment(cnn))
 
 
 DEVICES_SCRIPT = '''

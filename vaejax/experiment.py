@@ -7,6 +7,7 @@ and seeing it through a first stage, is `vaejax.stages.build_experiment`,
 which the train loop, the evaluation command and the notebooks call.
 """
 import dataclasses
+import logging
 import math
 from typing import Any, Callable
 
@@ -45,6 +46,9 @@ class Experiment:
   keys: dict
   # `vaejax.stages.FirstStage` of a second-stage experiment, else None.
   first_stage: Any = None
+  # Parameters of a trained run (`config.init_from`) that initialise the
+  # subtrees of this model they match (`initial_params`).
+  pretrained_params: Any = None
 
   @property
   def image_shape(self):
@@ -149,12 +153,14 @@ def check_dataset(dataset, transform_name):
           f'(or the data set\'s num_classes).')
 
 
-def build_experiment(config, dataset, first_stage=None):
+def build_experiment(config, dataset, first_stage=None,
+                     pretrained_params=None):
   """Checks the config and `dataset` and builds every component.
 
   `dataset` is the data the model trains on, as `vaejax.stages` gives it
   (a first stage's features replacing the images, when there is one, and
-  that stage as `first_stage`).
+  that stage as `first_stage`), `pretrained_params` those of the run named
+  by `config.init_from`.
   """
   check_names(config)
   mesh = sharding.make_mesh(config.num_devices)
@@ -180,7 +186,8 @@ def build_experiment(config, dataset, first_stage=None):
       optimizer=optim.make_optimizer(config.optimizer,
                                      config.num_train_steps),
       keys=prng.named_keys(config.seed),
-      first_stage=first_stage)
+      first_stage=first_stage,
+      pretrained_params=pretrained_params)
 
 
 def init_state(exp):
@@ -199,6 +206,9 @@ def init_state(exp):
   variables = jax.jit(exp.model.init)(exp.keys['init'], dummy)
   # Models fitted without gradients (EM) have no 'params' collection.
   params = variables.pop('params', {})
+  if exp.pretrained_params is not None:
+    params = initial_params(params, exp.pretrained_params,
+                            exp.config.init_from)
   state = {
       'step': jnp.zeros((), jnp.int32),
       'params': params,
@@ -217,6 +227,38 @@ def init_state(exp):
         'evals_since_best': jnp.zeros((), jnp.int32),
     }
   return sharding.put_replicated(state, exp.mesh)
+
+
+def initial_params(params, pretrained, source):
+  """`params` with each top-level subtree that `pretrained` also has (same
+  name, structure and shapes) replaced by the pretrained one: a fine-tuned
+  classifier starts from a masked autoencoder's `encoder`, its head fresh.
+
+  Raises ConfigError when no subtree matches or a shared name has other
+  shapes (a different architecture), naming both.
+  """
+  def shapes(tree):
+    return jax.tree.map(lambda a: tuple(a.shape), tree)
+
+  shared = sorted(set(params) & set(pretrained))
+  for name in shared:
+    if (jax.tree.structure(params[name]) != jax.tree.structure(
+        pretrained[name]) or shapes(params[name]) != shapes(pretrained[name])):
+      raise errors.ConfigError(
+          f'config.init_from={source}: its parameters {name!r} have other '
+          f'shapes than this model\'s (the architectures differ): '
+          f'{shapes(pretrained[name])} vs {shapes(params[name])}. Give the '
+          f'model the pretrained run\'s sizes (config.model).')
+  if not shared:
+    raise errors.ConfigError(
+        f'config.init_from={source}: none of its parameter groups '
+        f'({", ".join(sorted(pretrained))}) is in this model '
+        f'({", ".join(sorted(params))}); nothing to initialise from it.')
+  logging.info('Initialised %s from %s; trained from scratch: %s.',
+               ', '.join(shared), source,
+               ', '.join(sorted(set(params) - set(shared))) or 'nothing')
+  return dict(params, **{name: jax.tree.map(jnp.asarray, pretrained[name])
+                         for name in shared})
 
 
 def evaluated_params(state):

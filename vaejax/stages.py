@@ -211,4 +211,9 @@ def build_experiment(config, dataset=None):
     first_stage = stage(config, dataset)
     logging.info('First stage: %s.', first_stage.description)
     dataset = staged_dataset(dataset, first_stage)
-  return experiment_lib.build_experiment(config, dataset, first_stage)
+  pretrained = None
+  if config.init_from:
+    pretrained = restore(config.init_from).variables['params']
+    logging.info('Parameters to initialise from: %s.', config.init_from)
+  return experiment_lib.build_experiment(config, dataset, first_stage,
+                                         pretrained)

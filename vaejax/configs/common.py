@@ -118,6 +118,21 @@ def optimizer(**overrides):
   return block
 
 
+def vit_encoder(variants):
+  """The ViT encoder keys of `config.model` (a masked autoencoder's encoder
+  and the ViT classifier that fine-tunes it): patch 4 (a 7x7 grid on 28x28),
+  width 128, 6 pre-norm blocks of 4 heads, mean-pooled tokens or, with the
+  `cls` variant, a class token."""
+  return dict(patch_size=variant_value(variants, 'patch', 4), embed_dim=128,
+              depth=6, num_heads=4, class_token='cls' in variants)
+
+
+def vit_encoder_runlocal(model):
+  """The `runlocal` size of `vit_encoder`'s keys: width 32, 2 blocks."""
+  model.embed_dim = 32
+  model.depth = 2
+
+
 def training(config, batch_size, num_train_steps, eval_every,
              steps_per_dispatch=100, log_every=500, checkpoint_every=2000,
              checkpoints_to_keep=3):
@@ -141,6 +156,10 @@ def training(config, batch_size, num_train_steps, eval_every,
   # without a lower validation loss (needs data.validation_size > 0); the
   # final evaluation uses the best variables.
   config.early_stopping_patience = 0
+  # A trained workdir whose parameters initialise the matching parameter
+  # groups of this model (e.g. a masked autoencoder's encoder, fine-tuned
+  # as a classifier's backbone); None: random initialisation.
+  config.init_from = config_dict.placeholder(str)
 
 
 def evaluation(**overrides):
@@ -197,6 +216,7 @@ SAVED_CONFIG_DEFAULTS = {
     'checkpoints_to_keep': 3,
     'ema_decay': 0.0,
     'early_stopping_patience': 0,
+    'init_from': None,
     'data.on_device': True,
     'data.path': None,
     'data.image_size': None,

@@ -19,6 +19,7 @@ MODELS = registry.Registry('model', {
     'mae': mae.mae,
     'cnn_classifier': classifier.cnn_classifier,
     'mlp_classifier': classifier.mlp_classifier,
+    'vit_classifier': classifier.vit_classifier,
 }, 'config.model.name')
 
 

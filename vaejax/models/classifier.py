@@ -27,6 +27,7 @@ import jax.numpy as jnp
 from vaejax import errors
 from vaejax.models import convolutions
 from vaejax.models import family
+from vaejax.models import mae
 from vaejax.models import vae
 
 
@@ -102,6 +103,25 @@ class MLPClassifier(nn.Module):
     return logits_of_features(self, x, dropout_keys)
 
 
+class ViTClassifier(nn.Module):
+  """A ViT (`mae.ViTEncoder`, parameters under `encoder`, the same as a
+  masked autoencoder's, so `config.init_from` can start it from one) on
+  every patch -> mean token or class token (the features) -> dropout ->
+  logits."""
+  encoder: nn.Module
+  num_classes: int
+  dropout_rate: float = 0.0
+
+  def setup(self):
+    self.logits = nn.Dense(self.num_classes, name='logits')
+
+  def features(self, x):
+    return mae.pooled(self.encoder(x), self.encoder.class_token)
+
+  def __call__(self, x, dropout_keys=None):
+    return logits_of_features(self, x, dropout_keys)
+
+
 class ClassifierFamily(family.Family):
   """The contract for a classifier: class logits and its penultimate
   features."""
@@ -164,3 +184,20 @@ def mlp_classifier(config, image_shape, likelihood):
                         num_classes=config.num_classes,
                         dropout_rate=config.dropout_rate)
   return ClassifierFamily(model, likelihood, 'mlp_classifier')
+
+
+def vit_classifier(config, image_shape, likelihood):
+  """A ViT classifier of the sizes of `experiments/mae.py`'s encoder keys
+  (patch_size, embed_dim, depth, num_heads, class_token)."""
+  _check_classes(config)
+  mae.patch_grid(image_shape, config.patch_size)
+  if config.embed_dim % config.num_heads:
+    raise errors.ConfigError(
+        f'config.model.num_heads={config.num_heads} does not divide '
+        f'config.model.embed_dim={config.embed_dim}: choose a divisor.')
+  encoder = mae.ViTEncoder(
+      tuple(image_shape), config.patch_size, config.embed_dim, config.depth,
+      config.num_heads, config.class_token)
+  model = ViTClassifier(encoder=encoder, num_classes=config.num_classes,
+                        dropout_rate=config.dropout_rate)
+  return ClassifierFamily(model, likelihood, 'vit_classifier')
