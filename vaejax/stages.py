@@ -9,7 +9,9 @@ before any training:
     pixels (scaled to [0, 1]), fitted on the training split;
   * 'vae_latents': `represent` (the family contract) of the model trained in
     `config.data.features_workdir`: posterior means of a VAE, codes of an
-    autoencoder.
+    autoencoder;
+  * 'vq_codes': the integer code grids (`code_grid`) of the VQ-VAE trained
+    in `config.data.features_workdir`, the data of a PixelCNN prior.
 
 A second stage trains in the one loop on the first stage's outputs: float
 feature vectors [N, D] or integer code grids [N, h, w] pass alike
@@ -72,6 +74,8 @@ class FirstStage:
   extract: Callable[[np.ndarray], np.ndarray]
   description: str
   trained: Trained | None = None
+  # The trained first stage's evaluator (its transform and fixed keys).
+  evaluator: Any = None
 
 
 def open_checkpoints(workdir, config):
@@ -119,31 +123,64 @@ def trained_stage(config, dataset):
   Images go through the first stage's own transform with its fixed
   evaluation keys, so binarised inputs are drawn once, as in its evaluation.
   """
+  trained, evaluator = restore_first_stage(config, dataset, 'represent')
+
+  def extract(images):
+    return evaluator.representations(trained.variables, images)
+
+  return FirstStage(extract, (
+      f'latent means of the {trained.exp.config.model.name} in '
+      f'{trained.workdir} (step {trained.step})'), trained, evaluator)
+
+
+def restore_first_stage(config, dataset, ability):
+  """The run in `config.data.features_workdir` and its evaluator, checked
+  to have `ability`."""
   workdir = config.data.features_workdir
   if not workdir:
     raise errors.ConfigError(
         f'config.data.features={config.data.features!r} needs '
         f'config.data.features_workdir: the workdir of a trained model.')
   trained = restore(workdir, dataset=dataset)
-  family = trained.exp.family
-  reason = family.missing(('represent',))
+  reason = trained.exp.family.missing((ability,))
   if reason:
     raise errors.ConfigError(
         f'config.data.features_workdir={workdir}: {reason}, so it cannot be '
-        f'a first stage.')
-  evaluator = evaluators.build(trained.exp)
+        f'this first stage.')
+  return trained, evaluators.build(trained.exp)
+
+
+def code_grid_stage(config, dataset):
+  """The integer code grids [N, h, w] (`code_grid`) of the VQ-VAE trained in
+  `config.data.features_workdir`, each split encoded once with the first
+  stage's transform and fixed evaluation keys (binarised inputs drawn once,
+  as in its evaluation, so the codes and its reconstruction NLL of the
+  held-out split belong to the same inputs)."""
+  trained, evaluator = restore_first_stage(config, dataset, 'code_grid')
+  family = trained.exp.family
+  first_codes = trained.exp.config.model.num_codes
+  if config.model.num_codes != first_codes:
+    raise errors.ConfigError(
+        f'config.model.num_codes={config.model.num_codes}, but the VQ-VAE in '
+        f'{trained.workdir} has {first_codes} codes: set '
+        f'--config.model.num_codes={first_codes}.')
+
+  def code_grids(variables, images, positions):
+    x, _ = evaluator.inputs(images, positions)
+    return family.code_grid(variables, x).astype(np.int32)
 
   def extract(images):
-    return evaluator.representations(trained.variables, images)
+    return evaluator.map_split(code_grids, trained.variables, images)
 
   return FirstStage(extract, (
-      f'latent means of the {trained.exp.config.model.name} in {workdir} '
-      f'(step {trained.step})'), trained)
+      f'code grids of the {trained.exp.config.model.name} in '
+      f'{trained.workdir} (step {trained.step})'), trained, evaluator)
 
 
 FEATURES = registry.Registry('feature extractor', {
     'pca': pca_stage,
     'vae_latents': trained_stage,
+    'vq_codes': code_grid_stage,
 }, 'config.data.features')
 
 

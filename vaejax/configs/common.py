@@ -83,7 +83,8 @@ def data(variants, transform, **overrides):
       # False: the host gathers batches (with prefetch) instead of keeping
       # the training set on device; for data sets that do not fit.
       on_device=True,
-      # A first stage (vaejax/stages.py): 'pca' or 'vae_latents' replaces
+      # A first stage (vaejax/stages.py): 'pca', 'vae_latents' or 'vq_codes'
+      # (a VQ-VAE's integer code grids) replaces
       # the images by feature vectors (then transform='features').
       features=config_dict.placeholder(str),
       feature_dim=50,
@@ -280,6 +281,12 @@ RANGES = {
     'probe_train_examples': POSITIVE, 'pixel_pca_dims': POSITIVE,
     'traversal_dims': POSITIVE, 'scatter_examples': POSITIVE,
     'denoising_levels': NON_NEGATIVE,
+    'num_codes': POSITIVE, 'num_residual': NON_NEGATIVE,
+    'ema_epsilon': POSITIVE, 'commitment_cost': NON_NEGATIVE,
+    'codebook_decay': UNIT_INTERVAL, 'restart_below': NON_NEGATIVE,
+    'feature_channels': POSITIVE, 'num_layers': POSITIVE, 'kernel_size': POSITIVE,
+    'first_kernel_size': POSITIVE, 'output_features': POSITIVE,
+    'num_classes': NON_NEGATIVE,
 }
 _IN_RANGE = {
     POSITIVE: lambda v: v > 0,

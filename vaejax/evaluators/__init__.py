@@ -10,6 +10,8 @@
                  'traversals', 'pca_scatter'
   denoising.py   'denoising' (evaluation and figure): PSNR of autoencoders
   mixtures.py    'mixture_cluster_accuracy', 'mixture_classifier_accuracy'
+  codes.py       'codebook_usage' (VQ-VAE), 'two_stage_bound' (a prior over
+                 code grids with its VQ-VAE: the bound on -log p(x))
   plots.py       drawing with NumPy and PIL (scatter plots, traversal codes)
   spec.py        `Evaluation`: a function, the family abilities it needs,
                  whether it needs labels, the config keys it reads
@@ -19,6 +21,7 @@ line in a registry below.
 """
 from vaejax import errors
 from vaejax import registry
+from vaejax.evaluators import codes
 from vaejax.evaluators import denoising
 from vaejax.evaluators import figures
 from vaejax.evaluators import latents
@@ -35,6 +38,8 @@ EVALUATIONS = registry.Registry('evaluation', {
     'denoising': denoising.DENOISING,
     'mixture_cluster_accuracy': mixtures.CLUSTER_ACCURACY,
     'mixture_classifier_accuracy': mixtures.CLASSIFIER_ACCURACY,
+    'codebook_usage': codes.CODEBOOK_USAGE,
+    'two_stage_bound': codes.TWO_STAGE_BOUND,
 }, 'config.eval.extras')
 
 FIGURES = registry.Registry('figure', {

@@ -133,9 +133,12 @@ class Evaluator:
                                         config.eval.figures)
     model, objective = exp.model, exp.objective
 
-    def objective_metrics(variables, images, positions):
+    def objective_metrics(variables_and_labels, images, positions):
+      variables, labels = variables_and_labels
       x, objective_keys = self.inputs(images, positions)
       batch = {'image': images, 'inputs': x}
+      if labels is not None:  # Positions index the evaluated split.
+        batch['label'] = labels[positions]
       loss, metrics, _ = objective(model, variables, batch, objective_keys,
                                    jnp.asarray(config.num_train_steps), False)
       metrics = dict(metrics, loss=loss)
@@ -229,7 +232,10 @@ class Evaluator:
     del step
     images = self.eval_images(quick)
     variables = variables_of(state)
-    per_example = self.map_split(self._objective_metrics, variables, images)
+    labels = (self.quick_split if quick else self.split).labels
+    labels = None if labels is None else jnp.asarray(labels[:len(images)])
+    per_example = self.map_split(self._objective_metrics, (variables, labels),
+                                 images)
     metrics = {k: float(np.mean(v)) for k, v in per_example.items()}
     if 'elbo' in metrics:
       metrics['nll_elbo'] = -metrics['elbo']

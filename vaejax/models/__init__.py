@@ -5,7 +5,9 @@ from vaejax import registry
 from vaejax.models import autoencoder
 from vaejax.models import family
 from vaejax.models import mixture
+from vaejax.models import pixelcnn_prior
 from vaejax.models import vae
+from vaejax.models import vqvae
 
 MODELS = registry.Registry('model', {
     'mlp_vae': vae.mlp_vae,
@@ -14,6 +16,8 @@ MODELS = registry.Registry('model', {
     'mixture_classifier': mixture.mixture_classifier,
     'mlp_autoencoder': autoencoder.mlp_autoencoder,
     'conv_autoencoder': autoencoder.conv_autoencoder,
+    'vqvae': vqvae.vqvae,
+    'pixelcnn_prior': pixelcnn_prior.pixelcnn_prior,
 }, 'config.model.name')
 
 

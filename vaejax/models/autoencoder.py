@@ -86,6 +86,9 @@ class AutoencoderFamily(family.Family):
       'prior_grid': 'a deterministic autoencoder has no prior',
       'assign_clusters': 'an autoencoder is not a mixture model',
       'positive_probability': 'an autoencoder is not a classifier',
+      'code_grid': 'the code is a continuous vector, not a grid of codes',
+      'decode_code_grid': 'the code is a continuous vector, not a grid',
+      'code_log_prob': 'a deterministic autoencoder has no prior',
   }
 
   def encode(self, variables, x):

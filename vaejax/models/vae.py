@@ -158,6 +158,9 @@ class VAEFamily(family.Family):
   LACKING = {
       'assign_clusters': 'a VAE is not a mixture model',
       'positive_probability': 'a VAE is not a classifier',
+      'code_grid': 'a VAE has a continuous latent, not a grid of codes',
+      'decode_code_grid': 'a VAE has a continuous latent, not a grid of codes',
+      'code_log_prob': 'a VAE has no prior over code grids',
   }
 
   def __init__(self, model, likelihood, name, latent_dim):

@@ -5,8 +5,10 @@ A factory returns a loss function with the shared signature documented in
 """
 from vaejax import registry
 from vaejax.objectives import autoencoder
+from vaejax.objectives import autoregressive
 from vaejax.objectives import mixture
 from vaejax.objectives import vae
+from vaejax.objectives import vqvae
 
 OBJECTIVES = registry.Registry('objective', {
     'elbo': vae.make_elbo,
@@ -14,6 +16,8 @@ OBJECTIVES = registry.Registry('objective', {
     'em_gmm': mixture.make_em_gmm,
     'em_mixture_classifier': mixture.make_em_mixture_classifier,
     'autoencoder': autoencoder.make_autoencoder,
+    'vqvae': vqvae.make_vqvae,
+    'autoregressive': autoregressive.make_autoregressive,
 }, 'config.objective.name')
 
 
