@@ -17,7 +17,7 @@ Variants, comma-separated after a colon and combinable:
   k512        K = 512 codes instead of 128
   ema         EMA codebook updates (decay 0.99, Laplace smoothing) instead
               of the codebook loss, the codebook initialised from encoder
-              outputs and dead codes (EMA use below 3% of uniform) restarted
+              outputs and dead codes (EMA use below 30% of uniform) restarted
               at encoder outputs of the current batch
   mnist       MNIST instead of Fashion-MNIST
   runlocal    a few steps: finishes in seconds
@@ -64,7 +64,7 @@ def get_config(arg=None):
       # EMA codebook only: decay, restart of codes used less than
       # restart_below / K of the positions, initialisation from data.
       codebook_decay=0.99,
-      restart_below=0.03 if ema else 0.0,
+      restart_below=0.3 if ema else 0.0,
       init_codebook_from_data=ema,
   ))
   config.optimizer = common.optimizer(learning_rate=1e-3)

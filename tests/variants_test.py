@@ -61,11 +61,28 @@ VARIANT_CONFIGS = {
     ('gmm', 'classifier'): {'model.name': 'mixture_classifier',
                             'objective.name': 'em_mixture_classifier'},
     ('gmm', 'runlocal'): {'num_train_steps': 10},
+    ('vqvae', 'binarized'): {'data.transform': 'dynamic_binarize',
+                             'objective.likelihood': 'bernoulli'},
+    ('vqvae', 'k512'): {'model.num_codes': 512},
+    ('vqvae', 'ema'): {'model.codebook_update': 'ema',
+                       'objective.restart_below': 0.3,
+                       'objective.init_codebook_from_data': True},
+    ('vqvae', 'mnist'): {'data.name': 'mnist'},
+    ('vqvae', 'runlocal'): {'num_train_steps': 20},
+    ('pixelcnn_prior', 'workdir=/v'): {'data.features': 'vq_codes',
+                                       'data.features_workdir': '/v'},
+    ('pixelcnn_prior', 'workdir=/v,codes=512'): {'model.num_codes': 512},
+    ('pixelcnn_prior', 'workdir=/v,conditional'): {'model.num_classes': 10},
+    ('pixelcnn_prior', 'workdir=/v,runlocal'): {'num_train_steps': 20},
 }
+
+# The variant string every config of an experiment needs (compared with
+# the config of this string alone).
+REQUIRED_ARG = {'pixelcnn_prior': 'workdir=/v'}
 
 
 # Variants that name the default explicitly.
-DEFAULT_VALUED = {('gmm', 'features=pca')}
+DEFAULT_VALUED = {('gmm', 'features=pca'), ('pixelcnn_prior', 'workdir=/v')}
 
 
 def config_value(config, key):
@@ -88,7 +105,8 @@ def known_variants(experiment):
   return set(module.KNOWN_VARIANTS)
 
 
-@pytest.mark.parametrize('experiment', ['vae', 'ae', 'gmm'])
+@pytest.mark.parametrize('experiment',
+                         ['vae', 'ae', 'gmm', 'vqvae', 'pixelcnn_prior'])
 def test_every_variant_is_checked(experiment):
   checked = {part.split('=')[0] for name, arg in VARIANT_CONFIGS
              if name == experiment for part in arg.split(',')}
@@ -98,7 +116,8 @@ def test_every_variant_is_checked(experiment):
 @pytest.mark.parametrize('experiment, arg', sorted(VARIANT_CONFIGS))
 def test_variant_sets_its_config(experiment, arg):
   config = loading.load_config(f'experiments/{experiment}.py:{arg}')
-  default = loading.load_config(f'experiments/{experiment}.py')
+  default = loading.load_config(
+      f'experiments/{experiment}.py:{REQUIRED_ARG.get(experiment, "")}')
   expected = VARIANT_CONFIGS[experiment, arg]
   for key, value in expected.items():
     assert same(config_value(config, key), value), key
@@ -135,12 +154,21 @@ TRAINING_RUNS = {
         ('features=pca,covariance=full,runlocal', {}),
         ('classifier,runlocal', {}),
     ],
+    # pixelcnn_prior trains on a VQ-VAE's workdir in pixelcnn_prior_test.py.
+    'vqvae': [
+        ('binarized,ema,k512,mnist,runlocal',
+         {'model.channels': (4, 8), 'model.code_dim': 4,
+          'num_train_steps': 4, 'steps_per_dispatch': 2}),
+        ('runlocal', {'model.channels': (4, 8), 'model.code_dim': 4,
+                      'num_train_steps': 4, 'steps_per_dispatch': 2}),
+    ],
 }
 DATA = {'vae': {'batch_size': 32, 'eval.batch_size': 32,
                 'eval.iwae_batch_size': 32},
         'ae': {'batch_size': 32, 'eval.batch_size': 32},
         'gmm': {'batch_size': 256, 'eval.batch_size': 32,
-                'data.feature_dim': 8}}
+                'data.feature_dim': 8},
+        'vqvae': {'batch_size': 32, 'eval.batch_size': 32}}
 
 
 def test_training_runs_cover_every_variant():
