@@ -155,6 +155,7 @@ EMA_DEVICES_SCRIPT = '''
 import json, sys
 import jax, numpy as np
 sys.path.insert(0, 'tests')
+from conftest import tiny_config
 from vaejax import train
 results = {{}}
 for num_devices in (1, 8):
