@@ -15,7 +15,8 @@ from vaejax.configs import loading
 
 EXPERIMENTS = ('experiments/vae.py', 'experiments/ae.py',
                'experiments/gmm.py:classifier', 'experiments/classifier.py',
-               'experiments/mae.py')
+               'experiments/mae.py', 'experiments/vqvae.py:ema',
+               'experiments/pixelcnn_prior.py:workdir=/nonexistent')
 # Numbers with no range to check: any seed, a log-scale floor, class ids,
 # shapes.
 UNRANGED = ('seed', 'min_log_scale', 'positive_classes', 'image_shape')

@@ -73,11 +73,33 @@ VARIANT_CONFIGS = {
     ('classifier', 'epochs=3'): {'num_train_steps': 3 * (60_000 // 128)},
     ('classifier', 'runlocal'): {'num_train_steps': 20,
                                  'eval.max_examples': 1000},
+    ('classifier', 'vit'): {'model.name': 'vit_classifier',
+                            'optimizer.weight_decay': 0.05},
+    ('classifier', 'vit,pretrained=/m'): {'init_from': '/m'},
+    ('classifier', 'vit,patch=7'): {'model.patch_size': 7},
+    ('classifier', 'vit,cls'): {'model.class_token': True},
+    ('vqvae', 'binarized'): {'data.transform': 'dynamic_binarize',
+                             'objective.likelihood': 'bernoulli'},
+    ('vqvae', 'k512'): {'model.num_codes': 512},
+    ('vqvae', 'ema'): {'model.codebook_update': 'ema',
+                       'objective.restart_below': 0.3,
+                       'objective.init_codebook_from_data': True},
+    ('vqvae', 'mnist'): {'data.name': 'mnist'},
+    ('vqvae', 'runlocal'): {'num_train_steps': 20},
+    ('pixelcnn_prior', 'workdir=/v'): {'data.features': 'vq_codes',
+                                       'data.features_workdir': '/v'},
+    ('pixelcnn_prior', 'workdir=/v,codes=512'): {'model.num_codes': 512},
+    ('pixelcnn_prior', 'workdir=/v,conditional'): {'model.num_classes': 10},
+    ('pixelcnn_prior', 'workdir=/v,runlocal'): {'num_train_steps': 20},
 }
+
+# The variant string every config of an experiment needs (compared with
+# the config of this string alone).
+REQUIRED_ARG = {'pixelcnn_prior': 'workdir=/v'}
 
 
 # Variants that name the default explicitly.
-DEFAULT_VALUED = {('gmm', 'features=pca')}
+DEFAULT_VALUED = {('gmm', 'features=pca'), ('pixelcnn_prior', 'workdir=/v')}
 
 
 def config_value(config, key):
@@ -101,7 +123,7 @@ def known_variants(experiment):
 
 
 @pytest.mark.parametrize('experiment', ['vae', 'ae', 'gmm', 'classifier',
-                                        'mae'])
+                                        'mae', 'vqvae', 'pixelcnn_prior'])
 def test_every_variant_is_checked(experiment):
   checked = {part.split('=')[0] for name, arg in VARIANT_CONFIGS
              if name == experiment for part in arg.split(',')}
@@ -111,7 +133,8 @@ def test_every_variant_is_checked(experiment):
 @pytest.mark.parametrize('experiment, arg', sorted(VARIANT_CONFIGS))
 def test_variant_sets_its_config(experiment, arg):
   config = loading.load_config(f'experiments/{experiment}.py:{arg}')
-  default = loading.load_config(f'experiments/{experiment}.py')
+  default = loading.load_config(
+      f'experiments/{experiment}.py:{REQUIRED_ARG.get(experiment, "")}')
   expected = VARIANT_CONFIGS[experiment, arg]
   for key, value in expected.items():
     assert same(config_value(config, key), value), key
@@ -156,6 +179,17 @@ TRAINING_RUNS = {
         ('mlp,mnist,epochs=3,runlocal', {}),
         ('runlocal', {'model.channels': (8, 16), 'model.hidden_size': 16,
                       'num_train_steps': 4, 'steps_per_dispatch': 2}),
+        # pretrained= fine-tunes an MAE's encoder in mae_test.py.
+        ('vit,patch=7,cls,runlocal', {'num_train_steps': 4,
+                                      'steps_per_dispatch': 2}),
+    ],
+    # pixelcnn_prior trains on a VQ-VAE's workdir in pixelcnn_prior_test.py.
+    'vqvae': [
+        ('binarized,ema,k512,mnist,runlocal',
+         {'model.channels': (4, 8), 'model.code_dim': 4,
+          'num_train_steps': 4, 'steps_per_dispatch': 2}),
+        ('runlocal', {'model.channels': (4, 8), 'model.code_dim': 4,
+                      'num_train_steps': 4, 'steps_per_dispatch': 2}),
     ],
 }
 DATA = {'vae': {'batch_size': 32, 'eval.batch_size': 32,
@@ -164,17 +198,22 @@ DATA = {'vae': {'batch_size': 32, 'eval.batch_size': 32,
         'gmm': {'batch_size': 256, 'eval.batch_size': 32,
                 'data.feature_dim': 8},
         'classifier': {'batch_size': 32, 'eval.batch_size': 32},
-        'mae': {'batch_size': 32, 'eval.batch_size': 32}}
+        'mae': {'batch_size': 32, 'eval.batch_size': 32},
+        'vqvae': {'batch_size': 32, 'eval.batch_size': 32}}
+
+
+# Variants trained elsewhere: features=vae in mixture_test.py and
+# cli_errors_test.py (workdir= is its argument); pretrained= in mae_test.py.
+UNTRAINED_HERE = {'gmm': {'features', 'workdir'},
+                  'classifier': {'pretrained'}}
 
 
 def test_training_runs_cover_every_variant():
   for experiment, runs in TRAINING_RUNS.items():
     trained = {part.split('=')[0] for arg, _ in runs
                for part in arg.split(',')}
-    # features=vae trains in mixture_test.py and cli_errors_test.py; its
-    # workdir= is its argument.
-    assert trained | ({'features', 'workdir'} if experiment == 'gmm'
-                      else set()) >= known_variants(experiment), experiment
+    assert trained | UNTRAINED_HERE.get(experiment, set()) >= known_variants(
+        experiment), experiment
 
 
 @pytest.mark.parametrize('experiment, arg, overrides', [

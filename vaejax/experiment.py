@@ -174,6 +174,8 @@ def build_experiment(config, dataset, first_stage=None,
         f'set ({len(dataset.train.images)} examples).')
   likelihood = likelihoods.get_likelihood(config.objective)
   family = models.build_family(config, dataset.image_shape, likelihood)
+  # A second stage may decode with its first stage (a prior's samples).
+  family.first_stage = first_stage
   return Experiment(
       config=config,
       dataset=dataset,

@@ -9,7 +9,9 @@ before any training:
     pixels (scaled to [0, 1]), fitted on the training split;
   * 'vae_latents': `represent` (the family contract) of the model trained in
     `config.data.features_workdir`: posterior means of a VAE, codes of an
-    autoencoder.
+    autoencoder;
+  * 'vq_codes': the integer code grids (`code_grid`) of the VQ-VAE trained
+    in `config.data.features_workdir`, the data of a PixelCNN prior.
 
 A second stage trains in the one loop on the first stage's outputs: float
 feature vectors [N, D] or integer code grids [N, h, w] pass alike
@@ -72,6 +74,8 @@ class FirstStage:
   extract: Callable[[np.ndarray], np.ndarray]
   description: str
   trained: Trained | None = None
+  # The trained first stage's evaluator (its transform and fixed keys).
+  evaluator: Any = None
 
 
 def open_checkpoints(workdir, config):
@@ -119,32 +123,8 @@ def trained_stage(config, dataset):
   Images go through the first stage's own transform with its fixed
   evaluation keys, so binarised inputs are drawn once, as in its evaluation.
   """
-  workdir = config.data.features_workdir
-  if not workdir:
-    raise errors.ConfigError(
-        f'config.data.features={config.data.features!r} needs '
-        f'config.data.features_workdir: the workdir of a trained model.')
-  return represented_stage(restore(workdir, dataset=dataset),
-                           'config.data.features_workdir', 'a first stage',
-                           'latent means')
-
-
-def represented_stage(trained, config_key, purpose, what):
-  """The `represent` of a restored run as a `FirstStage`; an error naming
-  `config_key` when its family cannot represent."""
-  reason = trained.exp.family.missing(('represent',))
-  if reason:
-    raise errors.ConfigError(
-        f'{config_key}={trained.workdir}: {reason}, so it cannot be '
-        f'{purpose}.')
-  evaluator = evaluators.build(trained.exp)
-
-  def extract(images):
-    return evaluator.representations(trained.variables, images)
-
-  return FirstStage(extract, (
-      f'{what} of the {trained.exp.config.model.name} in {trained.workdir} '
-      f'(step {trained.step})'), trained)
+  return represented(*restore_first_stage(config, dataset, 'represent'),
+                     'latent means')
 
 
 def trained_features(workdir):
@@ -154,15 +134,78 @@ def trained_features(workdir):
   `evaluators.build` by the train loop and the evaluation command (the
   evaluators sit below this module and cannot restore a workdir
   themselves)."""
-  return represented_stage(
-      restore(workdir), 'config.eval.sample_quality_classifier_workdir',
-      'the feature extractor of the sample-quality metrics',
-      'penultimate features')
+  return represented(*checked(
+      restore(workdir), 'represent',
+      'config.eval.sample_quality_classifier_workdir',
+      'the feature extractor of the sample-quality metrics'),
+                     'penultimate features')
+
+
+def represented(trained, evaluator, what):
+  """The `represent` of a restored run (with its evaluator) as a
+  `FirstStage`."""
+  def extract(images):
+    return evaluator.representations(trained.variables, images)
+
+  return FirstStage(extract, (
+      f'{what} of the {trained.exp.config.model.name} in '
+      f'{trained.workdir} (step {trained.step})'), trained, evaluator)
+
+
+def checked(trained, ability, config_key, purpose):
+  """(`trained`, its evaluator); an error naming `config_key` when its
+  family lacks `ability`."""
+  reason = trained.exp.family.missing((ability,))
+  if reason:
+    raise errors.ConfigError(
+        f'{config_key}={trained.workdir}: {reason}, so it cannot be '
+        f'{purpose}.')
+  return trained, evaluators.build(trained.exp)
+
+
+def restore_first_stage(config, dataset, ability):
+  """The run in `config.data.features_workdir` and its evaluator, checked
+  to have `ability`."""
+  workdir = config.data.features_workdir
+  if not workdir:
+    raise errors.ConfigError(
+        f'config.data.features={config.data.features!r} needs '
+        f'config.data.features_workdir: the workdir of a trained model.')
+  return checked(restore(workdir, dataset=dataset), ability,
+                 'config.data.features_workdir', 'this first stage')
+
+
+def code_grid_stage(config, dataset):
+  """The integer code grids [N, h, w] (`code_grid`) of the VQ-VAE trained in
+  `config.data.features_workdir`, each split encoded once with the first
+  stage's transform and fixed evaluation keys (binarised inputs drawn once,
+  as in its evaluation, so the codes and its reconstruction NLL of the
+  held-out split belong to the same inputs)."""
+  trained, evaluator = restore_first_stage(config, dataset, 'code_grid')
+  family = trained.exp.family
+  first_codes = trained.exp.config.model.num_codes
+  if config.model.num_codes != first_codes:
+    raise errors.ConfigError(
+        f'config.model.num_codes={config.model.num_codes}, but the VQ-VAE in '
+        f'{trained.workdir} has {first_codes} codes: set '
+        f'--config.model.num_codes={first_codes}.')
+
+  def code_grids(variables, images, positions):
+    x, _ = evaluator.inputs(images, positions)
+    return family.code_grid(variables, x).astype(np.int32)
+
+  def extract(images):
+    return evaluator.map_split(code_grids, trained.variables, images)
+
+  return FirstStage(extract, (
+      f'code grids of the {trained.exp.config.model.name} in '
+      f'{trained.workdir} (step {trained.step})'), trained, evaluator)
 
 
 FEATURES = registry.Registry('feature extractor', {
     'pca': pca_stage,
     'vae_latents': trained_stage,
+    'vq_codes': code_grid_stage,
 }, 'config.data.features')
 
 

@@ -83,7 +83,8 @@ def data(variants, transform, **overrides):
       # False: the host gathers batches (with prefetch) instead of keeping
       # the training set on device; for data sets that do not fit.
       on_device=True,
-      # A first stage (vaejax/stages.py): 'pca' or 'vae_latents' replaces
+      # A first stage (vaejax/stages.py): 'pca', 'vae_latents' or 'vq_codes'
+      # (a VQ-VAE's integer code grids) replaces
       # the images by feature vectors (then transform='features').
       features=config_dict.placeholder(str),
       feature_dim=50,
@@ -320,13 +321,20 @@ RANGES = {
     'num_heads': POSITIVE, 'decoder_dim': POSITIVE,
     'decoder_depth': NON_NEGATIVE, 'decoder_heads': POSITIVE,
     'mask_ratio': UNIT_INTERVAL,
-    'num_classes': POSITIVE, 'convs_per_stage': POSITIVE,
+    # 0 for an unconditional prior; a classifier checks it is at least 2.
+    'num_classes': NON_NEGATIVE, 'convs_per_stage': POSITIVE,
     'dropout_rate': UNIT_INTERVAL, 'label_smoothing': UNIT_INTERVAL,
     'augment_pad': NON_NEGATIVE,
     'sample_quality_samples': POSITIVE, 'kid_subsets': POSITIVE,
     'kid_subset_size': POSITIVE, 'precision_recall_k': POSITIVE,
     'reference_noise_levels': NON_NEGATIVE,
     'reference_blur_levels': NON_NEGATIVE,
+    'num_codes': POSITIVE, 'num_residual': NON_NEGATIVE,
+    'ema_epsilon': POSITIVE, 'commitment_cost': NON_NEGATIVE,
+    'codebook_decay': UNIT_INTERVAL, 'restart_below': NON_NEGATIVE,
+    'feature_channels': POSITIVE, 'num_layers': POSITIVE,
+    'kernel_size': POSITIVE, 'first_kernel_size': POSITIVE,
+    'output_features': POSITIVE,
 }
 _IN_RANGE = {
     POSITIVE: lambda v: v > 0,

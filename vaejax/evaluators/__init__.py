@@ -13,6 +13,8 @@
   classification.py  'classification': accuracy of a classifier family
   sample_quality.py  'sample_quality', 'sample_quality_reference': FID, KID,
                  precision / recall in a trained classifier's feature space
+  codes.py       'codebook_usage' (VQ-VAE), 'two_stage_bound' (a prior over
+                 code grids with its VQ-VAE: the bound on -log p(x))
   plots.py       drawing with NumPy and PIL (scatter plots, traversal codes)
   spec.py        `Evaluation`: a function, the family abilities it needs,
                  whether it needs labels, the config keys it reads
@@ -23,6 +25,7 @@ line in a registry below.
 from vaejax import errors
 from vaejax import registry
 from vaejax.evaluators import classification
+from vaejax.evaluators import codes
 from vaejax.evaluators import denoising
 from vaejax.evaluators import figures
 from vaejax.evaluators import latents
@@ -43,6 +46,8 @@ EVALUATIONS = registry.Registry('evaluation', {
     'classification': classification.CLASSIFICATION,
     'sample_quality': sample_quality.SAMPLE_QUALITY,
     'sample_quality_reference': sample_quality.SAMPLE_QUALITY_REFERENCE,
+    'codebook_usage': codes.CODEBOOK_USAGE,
+    'two_stage_bound': codes.TWO_STAGE_BOUND,
 }, 'config.eval.extras')
 
 FIGURES = registry.Registry('figure', {

@@ -7,7 +7,9 @@ from vaejax.models import classifier
 from vaejax.models import family
 from vaejax.models import mae
 from vaejax.models import mixture
+from vaejax.models import pixelcnn_prior
 from vaejax.models import vae
+from vaejax.models import vqvae
 
 MODELS = registry.Registry('model', {
     'mlp_vae': vae.mlp_vae,
@@ -20,6 +22,8 @@ MODELS = registry.Registry('model', {
     'cnn_classifier': classifier.cnn_classifier,
     'mlp_classifier': classifier.mlp_classifier,
     'vit_classifier': classifier.vit_classifier,
+    'vqvae': vqvae.vqvae,
+    'pixelcnn_prior': pixelcnn_prior.pixelcnn_prior,
 }, 'config.model.name')
 
 

@@ -88,6 +88,9 @@ class AutoencoderFamily(family.Family):
       'positive_probability': 'an autoencoder is not a classifier',
       'classify': 'an autoencoder is not a classifier (a linear probe '
                   'classifies its codes: linear_probe)',
+      'code_grid': 'the code is a continuous vector, not a grid of codes',
+      'decode_code_grid': 'the code is a continuous vector, not a grid',
+      'code_log_prob': 'a deterministic autoencoder has no prior',
   }
 
   def encode(self, variables, x):

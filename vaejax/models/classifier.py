@@ -126,6 +126,9 @@ class ClassifierFamily(family.Family):
   """The contract for a classifier: class logits and its penultimate
   features."""
   LACKING = {
+      'code_grid': 'a classifier has no discrete codes',
+      'decode_code_grid': 'a classifier has no decoder',
+      'code_log_prob': 'a classifier has no prior',
       'reconstruct': 'a classifier does not reconstruct its inputs',
       'reconstruction_nll': 'a classifier does not reconstruct its inputs',
       'sample': 'a classifier models p(y | x), not p(x): nothing to sample',

@@ -37,6 +37,13 @@ per example, so results never depend on how a batch is split over devices):
   prior_grid(num_per_axis) -> [num_per_axis**2, 2]
       For a 2-D latent with a factorised continuous prior: codes on a grid
       of the prior's quantiles (the decoded manifold).
+  code_grid(variables, x) -> [B, h, w] int
+      A discrete latent's codes: the VQ-VAE's nearest codebook indices (the
+      data of a prior over codes, `vaejax.stages` 'vq_codes').
+  decode_code_grid(variables, codes [N, h, w]) -> images in data space
+      Code grids decoded (by the first stage's decoder, for a prior).
+  code_log_prob(variables, codes [B, h, w], labels [B] or None) -> [B]
+      log p(codes) under a learned prior over code grids, in nats.
   assign_clusters(variables, features) -> [B] int
   positive_probability(variables, features) -> [B]
       Mixture families: the most responsible component; P(Y=1 | x).
@@ -55,7 +62,8 @@ import flax.linen as nn
 ABILITIES = (
     'represent', 'reconstruct', 'reconstruction_nll', 'sample',
     'log_likelihood_bound', 'encode', 'decode', 'posterior_kl_per_dim',
-    'prior_grid', 'assign_clusters', 'positive_probability', 'classify',
+    'prior_grid', 'code_grid', 'decode_code_grid', 'code_log_prob',
+    'assign_clusters', 'positive_probability', 'classify',
 )
 
 
@@ -74,6 +82,9 @@ class Family:
     self.model = model
     self.likelihood = likelihood
     self.name = name
+    # `vaejax.stages.FirstStage` of a second stage (set by
+    # `experiment.build_experiment`), else None.
+    self.first_stage = None
 
   def lacking(self, ability: str) -> str | None:
     """None if the family has `ability`, else the reason it does not."""

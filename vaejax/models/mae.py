@@ -219,6 +219,9 @@ class MAEFamily(family.Family):
   """The contract for a masked autoencoder (the likelihood only shows its
   predictions as images: the identity mean of a Gaussian)."""
   LACKING = {
+      'code_grid': 'a masked autoencoder has no discrete codes',
+      'decode_code_grid': 'a masked autoencoder has no discrete codes',
+      'code_log_prob': 'a masked autoencoder has no prior',
       'reconstruction_nll': 'a masked autoencoder defines no likelihood',
       'sample': 'a masked autoencoder has no prior to sample from',
       'log_likelihood_bound': 'a masked autoencoder defines no p(x)',

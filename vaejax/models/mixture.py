@@ -137,6 +137,9 @@ _NOT_AN_IMAGE_MODEL = {
     'decode': 'a mixture has no decoder',
     'posterior_kl_per_dim': 'a mixture has no per-dimension posterior',
     'prior_grid': 'a mixture has no continuous prior',
+    'code_grid': 'a mixture has no code grid',
+    'decode_code_grid': 'a mixture has no decoder',
+    'code_log_prob': 'a mixture models features, not code grids',
 }
 _NOT_A_SOFTMAX_CLASSIFIER = (
     'a mixture gives no class logits (the mixture classifier\'s binary '

@@ -160,6 +160,9 @@ class VAEFamily(family.Family):
       'positive_probability': 'a VAE is not a classifier',
       'classify': 'a VAE is not a classifier (a linear probe classifies its '
                   'latents: linear_probe)',
+      'code_grid': 'a VAE has a continuous latent, not a grid of codes',
+      'decode_code_grid': 'a VAE has a continuous latent, not a grid of codes',
+      'code_log_prob': 'a VAE has no prior over code grids',
   }
 
   def __init__(self, model, likelihood, name, latent_dim):

@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vaejax.objectives import vqvae as vqvae_objectives
+
 
 def squared_distances(z, codebook):
   """||z - e_j||^2 for every code j: [..., D], [K, D] -> [..., K].
@@ -63,21 +65,51 @@ class VectorQuantizer(nn.Module):
   `quantized` is the straight-through z_q for the decoder, `codes` the
   integer indices [...] (the grid a PixelCNN prior models),
   `codebook_vectors` z_q with its gradient to the codebook (for
-  `codebook_loss`). The codebook parameter `codebook` is [num_codes,
-  code_dim], uniform in +-1/num_codes at init as in the paper's reference
-  implementation.
+  `codebook_loss`).
+
+  With `codebook_collection='params'` the codebook is the parameter
+  `codebook` [num_codes, code_dim], uniform in +-1/num_codes at init as in
+  the paper's reference implementation, learned by the codebook loss. With
+  another collection (`objectives.vqvae.EMA_COLLECTION`) it is not a
+  gradient parameter: the collection holds the EMA statistics `counts` N
+  [num_codes] (the fraction of positions assigned to each code) and `sums`
+  m [num_codes, code_dim], and the codebook is derived from them,
+  e_k = m_k / N~_k with Laplace-smoothed counts (`ema_epsilon`;
+  `objectives.vqvae.smoothed_codebook`). Being means, the statistics
+  average exactly over devices, like EM's.
   """
   num_codes: int
   code_dim: int
   codebook_init: Optional[Callable[..., Any]] = None
+  codebook_collection: str = 'params'
+  ema_epsilon: float = 1e-5
 
-  @nn.compact
+  def setup(self):
+    init = self.codebook_init or _uniform_init
+    shape = (self.num_codes, self.code_dim)
+    if self.codebook_collection == 'params':
+      self._codebook = self.param('codebook', init, shape)
+      return
+    # N_k = 1/K and m_k = e_k / K: the smoothed codebook starts at e.
+    self.counts = self.variable(
+        self.codebook_collection, 'counts',
+        lambda: jnp.full((self.num_codes,), 1.0 / self.num_codes))
+    self.sums = self.variable(
+        self.codebook_collection, 'sums',
+        lambda: init(self.make_rng('params'), shape) / self.num_codes)
+
+  def codebook(self):
+    """The codebook [num_codes, code_dim] the codes index."""
+    if self.codebook_collection == 'params':
+      return self._codebook
+    return vqvae_objectives.smoothed_codebook(
+        self.counts.value, self.sums.value, self.ema_epsilon)
+
   def __call__(self, z_e):
     if z_e.shape[-1] != self.code_dim:
       raise ValueError(f'VectorQuantizer: inputs have {z_e.shape[-1]} '
                        f'channels, the codebook {self.code_dim}.')
-    codebook = self.param('codebook', self.codebook_init or _uniform_init,
-                          (self.num_codes, self.code_dim))
+    codebook = self.codebook()
     z_e = z_e.astype(jnp.float32)
     codes = nearest_codes(z_e, codebook)
     z_q = jnp.take(codebook, codes, axis=0)
@@ -87,5 +119,4 @@ class VectorQuantizer(nn.Module):
   def embed_codes(self, codes):
     """Codes [...] -> codebook vectors [..., code_dim] (decoding sampled
     code grids)."""
-    codebook = self.get_variable('params', 'codebook')
-    return jnp.take(codebook, codes, axis=0)
+    return jnp.take(self.codebook(), codes, axis=0)

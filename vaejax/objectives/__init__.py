@@ -5,10 +5,12 @@ A factory returns a loss function with the shared signature documented in
 """
 from vaejax import registry
 from vaejax.objectives import autoencoder
+from vaejax.objectives import autoregressive
 from vaejax.objectives import classifier
 from vaejax.objectives import mae
 from vaejax.objectives import mixture
 from vaejax.objectives import vae
+from vaejax.objectives import vqvae
 
 OBJECTIVES = registry.Registry('objective', {
     'elbo': vae.make_elbo,
@@ -18,6 +20,8 @@ OBJECTIVES = registry.Registry('objective', {
     'autoencoder': autoencoder.make_autoencoder,
     'masked_patch_mse': mae.make_masked_patch_mse,
     'cross_entropy': classifier.make_cross_entropy,
+    'vqvae': vqvae.make_vqvae,
+    'autoregressive': autoregressive.make_autoregressive,
 }, 'config.objective.name')
 
 
