@@ -4,12 +4,15 @@ from vaejax import errors
 from vaejax import registry
 from vaejax.models import autoencoder
 from vaejax.models import family
+from vaejax.models import hvae
 from vaejax.models import mixture
 from vaejax.models import vae
 
 MODELS = registry.Registry('model', {
     'mlp_vae': vae.mlp_vae,
     'conv_vae': vae.conv_vae,
+    'mlp_hvae': hvae.mlp_hvae,
+    'conv_hvae': hvae.conv_hvae,
     'gaussian_mixture': mixture.gaussian_mixture,
     'mixture_classifier': mixture.mixture_classifier,
     'mlp_autoencoder': autoencoder.mlp_autoencoder,

@@ -5,12 +5,14 @@ A factory returns a loss function with the shared signature documented in
 """
 from vaejax import registry
 from vaejax.objectives import autoencoder
+from vaejax.objectives import hvae
 from vaejax.objectives import mixture
 from vaejax.objectives import vae
 
 OBJECTIVES = registry.Registry('objective', {
     'elbo': vae.make_elbo,
     'iwae': vae.make_iwae,
+    'hvae_elbo': hvae.make_hvae_elbo,
     'em_gmm': mixture.make_em_gmm,
     'em_mixture_classifier': mixture.make_em_mixture_classifier,
     'autoencoder': autoencoder.make_autoencoder,
