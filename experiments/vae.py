@@ -105,19 +105,8 @@ def get_config(arg=None):
 def paper_protocol(config, variants):
   """The protocol behind the published binarised Fashion-MNIST table (VAE
   228.70 nats): see the module docstring."""
-  steps_per_epoch = 50_000 // 100
-  config.batch_size = 100
-  config.num_train_steps = 2000 * steps_per_epoch
-  config.eval_every = steps_per_epoch
-  config.log_every = 10 * steps_per_epoch
-  config.checkpoint_every = 10 * steps_per_epoch
-  config.early_stopping_patience = 50
-  config.data.validation_size = 10_000
+  common.paper_protocol(config)
   config.model.hidden_sizes = (300, 300)
   config.model.latent_dim = common.variant_value(variants, 'latent', 40)
   config.model.gated = True
   config.model.logvar_range = (-6.0, 2.0)
-  config.objective.kl_warmup_steps = 100 * steps_per_epoch
-  config.optimizer.learning_rate = 5e-4
-  # Every validation example in each periodic evaluation.
-  config.eval.quick_examples = 10_000

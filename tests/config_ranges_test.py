@@ -13,13 +13,16 @@ from vaejax import stages
 from vaejax.configs import common
 from vaejax.configs import loading
 
-EXPERIMENTS = ('experiments/vae.py', 'experiments/ae.py',
-               'experiments/gmm.py:classifier', 'experiments/classifier.py',
-               'experiments/mae.py', 'experiments/vqvae.py:ema',
+EXPERIMENTS = ('experiments/vae.py', 'experiments/hvae.py',
+               'experiments/ae.py', 'experiments/gmm.py:classifier',
+               'experiments/classifier.py', 'experiments/mae.py',
+               'experiments/vqvae.py:ema',
                'experiments/pixelcnn_prior.py:workdir=/nonexistent')
 # Numbers with no range to check: any seed, a log-scale floor, class ids,
-# shapes.
-UNRANGED = ('seed', 'min_log_scale', 'positive_classes', 'image_shape')
+# shapes, a clipping interval of log-variances (any sign; its builder checks
+# low < high).
+UNRANGED = ('seed', 'min_log_scale', 'positive_classes', 'image_shape',
+            'logvar_range')
 
 
 def numeric_leaves(config, prefix=''):

@@ -1,9 +1,11 @@
-"""vaejax/models/hierarchical.py: the top-down block and its KL."""
+"""vaejax/models/hierarchical.py: the top-down block and its KL
+(objectives/distributions.py residual_gaussian_kl)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from vaejax.models import hierarchical
+from vaejax.objectives import distributions
 
 
 def test_residual_kl_matches_the_kl_of_the_two_gaussians():
@@ -12,7 +14,7 @@ def test_residual_kl_matches_the_kl_of_the_two_gaussians():
   keys = jax.random.split(jax.random.key(0), 4)
   delta_mean, delta_logvar, prior_mean, prior_logvar = (
       0.7 * jax.random.normal(k, (5,)) for k in keys)
-  kl = hierarchical.residual_gaussian_kl(delta_mean, delta_logvar,
+  kl = distributions.residual_gaussian_kl(delta_mean, delta_logvar,
                                          prior_logvar)
   m_p, v_p = np.float64(prior_mean), np.exp(np.float64(prior_logvar))
   m_q = m_p + np.float64(delta_mean)
@@ -26,7 +28,7 @@ def test_residual_kl_matches_the_kl_of_the_two_gaussians():
   log_p = -0.5 * (np.log(v_p) + (z - m_p) ** 2 / v_p)
   np.testing.assert_allclose(kl, (log_q - log_p).mean(0), atol=0.02)
   np.testing.assert_array_equal(
-      hierarchical.residual_gaussian_kl(jnp.zeros(3), jnp.zeros(3),
+      distributions.residual_gaussian_kl(jnp.zeros(3), jnp.zeros(3),
                                         jnp.ones(3)), 0.0)
 
 

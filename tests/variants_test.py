@@ -27,6 +27,13 @@ VARIANT_CONFIGS = {
                        'early_stopping_patience': 50, 'batch_size': 100},
     ('vae', 'ema=0.99'): {'ema_decay': 0.99},
     ('vae', 'runlocal'): {'num_train_steps': 20, 'eval.iwae_samples': 50},
+    ('hvae', 'conv'): {'model.name': 'conv_hvae',
+                       'optimizer.grad_clip_norm': 200.0,
+                       'optimizer.skip_update_above_grad_norm': 1000.0},
+    ('hvae', 'free_bits=0.1'): {'objective.free_bits': 0.1},
+    ('hvae', 'ema=0.99'): {'ema_decay': 0.99},
+    ('hvae', 'runlocal'): {'num_train_steps': 20, 'eval.iwae_samples': 50,
+                           'early_stopping_patience': 0},
     ('ae', 'loss=mae'): {'objective.loss': 'mae'},
     ('ae', 'loss=bce'): {'objective.loss': 'bce',
                          'objective.likelihood': 'bernoulli'},
@@ -122,8 +129,9 @@ def known_variants(experiment):
   return set(module.KNOWN_VARIANTS)
 
 
-@pytest.mark.parametrize('experiment', ['vae', 'ae', 'gmm', 'classifier',
-                                        'mae', 'vqvae', 'pixelcnn_prior'])
+@pytest.mark.parametrize('experiment', ['vae', 'hvae', 'ae', 'gmm',
+                                        'classifier', 'mae', 'vqvae',
+                                        'pixelcnn_prior'])
 def test_every_variant_is_checked(experiment):
   checked = {part.split('=')[0] for name, arg in VARIANT_CONFIGS
              if name == experiment for part in arg.split(',')}
@@ -155,6 +163,12 @@ TRAINING_RUNS = {
                            'steps_per_dispatch': 2, 'eval.extras': ()}),
         # Early stopping on a 32-example validation split, every 10 steps.
         ('paper,ema=0.99,runlocal', {'data.validation_size': 32}),
+    ],
+    'hvae': [
+        ('free_bits=0.1,ema=0.99,runlocal', {}),
+        ('conv,runlocal', {'model.width': 8, 'model.bottleneck': 4,
+                           'num_train_steps': 4, 'steps_per_dispatch': 2,
+                           'eval.extras': ()}),
     ],
     'ae': [
         ('loss=mae,sparse=0.05,denoising,noise=0.2,code=8,mnist,runlocal',
@@ -194,6 +208,8 @@ TRAINING_RUNS = {
 }
 DATA = {'vae': {'batch_size': 32, 'eval.batch_size': 32,
                 'eval.iwae_batch_size': 32},
+        'hvae': {'batch_size': 32, 'eval.batch_size': 32,
+                 'eval.iwae_batch_size': 32},
         'ae': {'batch_size': 32, 'eval.batch_size': 32},
         'gmm': {'batch_size': 256, 'eval.batch_size': 32,
                 'data.feature_dim': 8},

@@ -198,6 +198,27 @@ def evaluation(**overrides):
   return block
 
 
+def paper_protocol(config):
+  """The training protocol of the published binarised Fashion-MNIST density
+  table (Tomczak & Welling 2018's VampPrior code, as used by the Exemplar
+  VAE paper): batch 100, 50k/10k train/validation split, an evaluation on
+  all of the validation split every epoch, early stopping with patience 50
+  epochs (at most 2000), KL warm-up over 100 epochs, Adam 5e-4. The model
+  keys (gated MLP 300-300, 40 latents, log-variance clip) are the
+  experiment file's."""
+  steps_per_epoch = 50_000 // 100
+  config.batch_size = 100
+  config.num_train_steps = 2000 * steps_per_epoch
+  config.eval_every = steps_per_epoch
+  config.log_every = 10 * steps_per_epoch
+  config.checkpoint_every = 10 * steps_per_epoch
+  config.early_stopping_patience = 50
+  config.data.validation_size = 10_000
+  config.objective.kl_warmup_steps = 100 * steps_per_epoch
+  config.optimizer.learning_rate = 5e-4
+  config.eval.quick_examples = 10_000
+
+
 def runlocal(config):
   """The `runlocal` variant: 20 steps and a small evaluation (seconds)."""
   config.num_train_steps = 20
@@ -298,7 +319,9 @@ RANGES = {
     'validation_size': NON_NEGATIVE, 'download_timeout_s': POSITIVE,
     'test_fraction': UNIT_INTERVAL, 'image_size': POSITIVE,
     'feature_dim': POSITIVE,
-    'latent_dim': POSITIVE, 'code_dim': POSITIVE, 'hidden_size': POSITIVE,
+    'latent_dim': POSITIVE, 'latent_dims': POSITIVE, 'width': POSITIVE,
+    'bottleneck': POSITIVE, 'latent_channels': POSITIVE,
+    'groups_per_scale': POSITIVE, 'code_dim': POSITIVE, 'hidden_size': POSITIVE,
     'hidden_sizes': POSITIVE, 'channels': POSITIVE,
     'num_components': POSITIVE, 'reg_covar': POSITIVE,
     'likelihood_scale': POSITIVE, 'beta': NON_NEGATIVE,

@@ -5,6 +5,7 @@ from vaejax import registry
 from vaejax.models import autoencoder
 from vaejax.models import classifier
 from vaejax.models import family
+from vaejax.models import hvae
 from vaejax.models import mae
 from vaejax.models import mixture
 from vaejax.models import pixelcnn_prior
@@ -14,6 +15,8 @@ from vaejax.models import vqvae
 MODELS = registry.Registry('model', {
     'mlp_vae': vae.mlp_vae,
     'conv_vae': vae.conv_vae,
+    'mlp_hvae': hvae.mlp_hvae,
+    'conv_hvae': hvae.conv_hvae,
     'gaussian_mixture': mixture.gaussian_mixture,
     'mixture_classifier': mixture.mixture_classifier,
     'mlp_autoencoder': autoencoder.mlp_autoencoder,

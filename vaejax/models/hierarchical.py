@@ -14,7 +14,7 @@ mean_q = mean_p + delta_mean, logvar_q = logvar_p + delta_logvar, so
                     - delta_logvar),
 
 which does not depend on the prior's mean, and a posterior that only
-copies the prior costs exactly zero.
+copies the prior costs exactly zero (`distributions.residual_gaussian_kl`).
 
 References:
   Vahdat & Kautz 2020, "NVAE: A Deep Hierarchical Variational
@@ -30,14 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from vaejax.models import convolutions
-
-
-def residual_gaussian_kl(delta_mean, delta_logvar, prior_logvar):
-  """KL(N(m_p + delta_mean, v_p exp(delta_logvar)) || N(m_p, v_p)) per
-  element (see the top); exp(delta_logvar) - 1 as expm1 for accuracy near
-  zero."""
-  return 0.5 * (jnp.square(delta_mean) * jnp.exp(-prior_logvar)
-                + jnp.expm1(delta_logvar) - delta_logvar)
+from vaejax.objectives import distributions
 
 
 class BottleneckBlock(nn.Module):
@@ -115,7 +108,8 @@ class TopDownBlock(nn.Module):
                                            axis=-1)
       z = (prior_mean + delta_mean
            + jnp.exp(0.5 * (prior_logvar + delta_logvar)) * noise)
-      kl = residual_gaussian_kl(delta_mean, delta_logvar, prior_logvar)
+      kl = distributions.residual_gaussian_kl(delta_mean, delta_logvar,
+                                              prior_logvar)
     h = h + h_update.astype(h.dtype)
     init = nn.initializers.variance_scaling(
         self.output_scale ** 2, 'fan_in', 'truncated_normal')

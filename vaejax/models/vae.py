@@ -243,6 +243,16 @@ def conv_impl(config):
     ) from e
 
 
+def check_logvar_range(logvar_range):
+  """`config.logvar_range`, checked: None or (low, high) with low < high."""
+  if logvar_range is not None and (len(logvar_range) != 2 or
+                                   logvar_range[0] >= logvar_range[1]):
+    raise errors.ConfigError(
+        f'config.model.logvar_range={logvar_range!r} must be (low, high) '
+        f'with low < high, e.g. --config.model.logvar_range=-6,2, or None.')
+  return logvar_range
+
+
 def output_shape(image_shape, likelihood):
   height, width, channels = image_shape
   return (height, width, channels * likelihood.num_params)
@@ -251,12 +261,7 @@ def output_shape(image_shape, likelihood):
 def mlp_vae(config, image_shape, likelihood):
   hidden = tuple(config.hidden_sizes)
   dtype = compute_dtype(config)
-  logvar_range = config.logvar_range
-  if logvar_range is not None and (len(logvar_range) != 2 or
-                                   logvar_range[0] >= logvar_range[1]):
-    raise errors.ConfigError(
-        f'config.model.logvar_range={logvar_range!r} must be (low, high) '
-        f'with low < high, e.g. --config.model.logvar_range=-6,2, or None.')
+  logvar_range = check_logvar_range(config.logvar_range)
   model = VAE(
       encoder=MLPGaussianEncoder(hidden, config.latent_dim, dtype,
                                  config.gated, logvar_range),

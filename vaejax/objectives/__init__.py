@@ -7,6 +7,7 @@ from vaejax import registry
 from vaejax.objectives import autoencoder
 from vaejax.objectives import autoregressive
 from vaejax.objectives import classifier
+from vaejax.objectives import hvae
 from vaejax.objectives import mae
 from vaejax.objectives import mixture
 from vaejax.objectives import vae
@@ -15,6 +16,7 @@ from vaejax.objectives import vqvae
 OBJECTIVES = registry.Registry('objective', {
     'elbo': vae.make_elbo,
     'iwae': vae.make_iwae,
+    'hvae_elbo': hvae.make_hvae_elbo,
     'em_gmm': mixture.make_em_gmm,
     'em_mixture_classifier': mixture.make_em_mixture_classifier,
     'autoencoder': autoencoder.make_autoencoder,

@@ -48,3 +48,16 @@ def gaussian_log_prob(z, mean, logvar):
 def standard_normal_log_prob(z):
   """log N(z; 0, I), summed over the last axis."""
   return jnp.sum(-0.5 * (LOG_2PI + jnp.square(z)), axis=-1)
+
+
+def residual_gaussian_kl(delta_mean, delta_logvar, prior_logvar):
+  """KL(N(m_p + delta_mean, v_p exp(delta_logvar)) || N(m_p, v_p)) per
+  element, for a posterior parameterised relative to its prior (NVAE):
+
+    1/2 (delta_mean^2 / v_p + exp(delta_logvar) - 1 - delta_logvar),
+
+  which does not depend on m_p and is exactly zero when q copies p;
+  exp(delta_logvar) - 1 as expm1 for accuracy near zero.
+  """
+  return 0.5 * (jnp.square(delta_mean) * jnp.exp(-prior_logvar)
+                + jnp.expm1(delta_logvar) - delta_logvar)

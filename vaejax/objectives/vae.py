@@ -61,13 +61,13 @@ def iwae_bound(log_weights):
   return jax.nn.logsumexp(log_weights, axis=-1) - math.log(k)
 
 
-def iwae_log_likelihood(model, variables, likelihood, x, keys, num_samples,
-                        chunk_size):
-  """log p(x) [B] estimated by L_k with k = num_samples, in chunks of samples.
+def chunked_log_mean_exp(log_weights_fn, x, keys, num_samples, chunk_size):
+  """log (1/k) sum_i w_i [B] with k = num_samples log weights drawn by
+  `log_weights_fn(chunk_keys [B], chunk_size) -> [B, chunk_size]` in chunks.
 
   Chunk c uses keys fold_in(key, c); the chunks' logsumexps are combined
   exactly, so the result equals the one-shot L_k on the same samples while
-  holding only `chunk_size` decoded samples per example at a time.
+  holding only `chunk_size` samples per example at a time.
   """
   if num_samples % chunk_size:
     raise ValueError(
@@ -76,8 +76,7 @@ def iwae_log_likelihood(model, variables, likelihood, x, keys, num_samples,
 
   def add_chunk(running, c):
     chunk_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, c)
-    log_weights = log_importance_weights(
-        model, variables, likelihood, x, chunk_keys, chunk_size)
+    log_weights = log_weights_fn(chunk_keys, chunk_size)
     return jnp.logaddexp(running, jax.nn.logsumexp(log_weights, -1)), None
 
   # Derived from x so that, under shard_map, the carry varies over devices
@@ -85,6 +84,16 @@ def iwae_log_likelihood(model, variables, likelihood, x, keys, num_samples,
   initial = jnp.full_like(x.reshape(x.shape[0], -1)[:, 0], -jnp.inf)
   total, _ = lax.scan(add_chunk, initial, jnp.arange(num_samples // chunk_size))
   return total - math.log(num_samples)
+
+
+def iwae_log_likelihood(model, variables, likelihood, x, keys, num_samples,
+                        chunk_size):
+  """log p(x) [B] estimated by L_k with k = num_samples, in chunks of samples
+  (`chunked_log_mean_exp`)."""
+  return chunked_log_mean_exp(
+      lambda chunk_keys, size: log_importance_weights(
+          model, variables, likelihood, x, chunk_keys, size),
+      x, keys, num_samples, chunk_size)
 
 
 def make_elbo(config):
