@@ -64,8 +64,10 @@ def test_missing_data_fails_fast_with_what_was_tried(tmp_path):
   result = run_main(
       '--config', 'experiments/vae.py:mnist,runlocal', '--workdir',
       str(tmp_path / 'w'), f'--config.data.dir={tmp_path / "nothing"}',
-      timeout=120)
-  assert time.monotonic() - start < 30
+      timeout=300)
+  # Offline TFDS retries for about 200 s before failing; a start-up error
+  # takes seconds (the bound leaves room for a loaded machine).
+  assert time.monotonic() - start < 100
   # A directory the user names is the only place read: no fallback.
   assert_clean_failure(result, str(tmp_path / 'nothing'),
                        'is not a directory', 'leave data.dir unset')
