@@ -105,14 +105,10 @@ def make_hvae_elbo(config):
         jnp.sum(jnp.maximum(kl, free_bits), -1) for kl in kls))
     kl = sum(group_kls)
     weight = vae_objectives.kl_weight(step, beta, warmup_steps)
-    loss = -log_px_given_z + weight * kl_penalty
-    metrics = {
-        'elbo': log_px_given_z - kl,
-        'reconstruction_nll': -log_px_given_z,
-        'kl': kl,
-        'kl_weight': weight,
-        **{f'kl_group_{l}': value for l, value in enumerate(group_kls)},
-    }
+    loss, metrics = vae_objectives.elbo_loss_and_metrics(
+        log_px_given_z, kl, kl_penalty, weight)
+    metrics.update({f'kl_group_{l}': value
+                    for l, value in enumerate(group_kls)})
     return loss, metrics, {}
 
   return loss_fn

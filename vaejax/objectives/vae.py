@@ -29,6 +29,19 @@ def kl_weight(step, beta, warmup_steps):
       1.0, jnp.asarray(step, jnp.float32) / warmup_steps)
 
 
+def elbo_loss_and_metrics(log_px_given_z, kl, kl_penalty, weight):
+  """The (beta-, warmed-up, free-bits) ELBO loss
+  -log p(x|z) + weight * kl_penalty and the metrics every VAE objective
+  reports (all [B]): elbo, reconstruction_nll, kl, kl_weight."""
+  loss = -log_px_given_z + weight * kl_penalty
+  return loss, {
+      'elbo': log_px_given_z - kl,
+      'reconstruction_nll': -log_px_given_z,
+      'kl': kl,
+      'kl_weight': weight,
+  }
+
+
 def encode_and_sample(model, variables, x, keys, num_samples):
   """q(z|x) parameters and `num_samples` reparameterised codes per example."""
   mean, logvar = model.apply(variables, x, method=model.encode)
@@ -122,14 +135,8 @@ def make_elbo(config):
     kl = jnp.sum(kl_per_dim, axis=-1)
     kl_penalty = jnp.sum(jnp.maximum(kl_per_dim, free_bits), axis=-1)
     weight = kl_weight(step, beta, warmup_steps)
-    loss = -log_px_given_z + weight * kl_penalty
-    metrics = {
-        'elbo': log_px_given_z - kl,
-        'reconstruction_nll': -log_px_given_z,
-        'kl': kl,
-        'kl_weight': weight,
-    }
-    return loss, metrics, {}
+    return (*elbo_loss_and_metrics(log_px_given_z, kl, kl_penalty, weight),
+            {})
 
   return loss_fn
 
