@@ -30,6 +30,12 @@ VARIANT_CONFIGS = {
     ('hvae', 'conv'): {'model.name': 'conv_hvae',
                        'optimizer.grad_clip_norm': 200.0,
                        'optimizer.skip_update_above_grad_norm': 1000.0},
+    ('hvae', 'dlm'): {'objective.likelihood': 'logistic_mixture',
+                      'data.transform': 'scale'},
+    ('hvae', 'cifar10'): {'data.name': 'cifar10', 'model.name': 'conv_hvae',
+                          'objective.likelihood': 'logistic_mixture',
+                          'model.groups_per_scale': (4, 4),
+                          'ema_decay': 0.9999, 'batch_size': 32},
     ('hvae', 'free_bits=0.1'): {'objective.free_bits': 0.1},
     ('hvae', 'ema=0.99'): {'ema_decay': 0.99},
     ('hvae', 'runlocal'): {'num_train_steps': 20, 'eval.iwae_samples': 50,
@@ -165,7 +171,7 @@ TRAINING_RUNS = {
         ('paper,ema=0.99,runlocal', {'data.validation_size': 32}),
     ],
     'hvae': [
-        ('free_bits=0.1,ema=0.99,runlocal', {}),
+        ('dlm,free_bits=0.1,ema=0.99,runlocal', {}),
         ('conv,runlocal', {'model.width': 8, 'model.bottleneck': 4,
                            'num_train_steps': 4, 'steps_per_dispatch': 2,
                            'eval.extras': ()}),
@@ -219,9 +225,10 @@ DATA = {'vae': {'batch_size': 32, 'eval.batch_size': 32,
 
 
 # Variants trained elsewhere: features=vae in mixture_test.py and
-# cli_errors_test.py (workdir= is its argument); pretrained= in mae_test.py.
+# cli_errors_test.py (workdir= is its argument); pretrained= in mae_test.py;
+# cifar10 (TFDS) in logistic_mixture_test.py.
 UNTRAINED_HERE = {'gmm': {'features', 'workdir'},
-                  'classifier': {'pretrained'}}
+                  'classifier': {'pretrained'}, 'hvae': {'cifar10'}}
 
 
 def test_training_runs_cover_every_variant():

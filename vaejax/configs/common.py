@@ -94,12 +94,13 @@ def data(variants, transform, **overrides):
   return block
 
 
-def likelihood(name='bernoulli', likelihood_scale=0.1, min_log_scale=-7.0):
+def likelihood(name='bernoulli', likelihood_scale=0.1, min_log_scale=-7.0,
+               num_mixtures=10):
   """The likelihood keys of `config.objective` (vaejax/objectives/
   likelihoods.py): fixed scale of 'gaussian'/'laplace', floor of the learned
-  log-scales."""
+  log-scales, components of 'logistic_mixture'."""
   return dict(likelihood=name, likelihood_scale=likelihood_scale,
-              min_log_scale=min_log_scale)
+              min_log_scale=min_log_scale, num_mixtures=num_mixtures)
 
 
 def optimizer(**overrides):
@@ -252,6 +253,7 @@ SAVED_CONFIG_DEFAULTS = {
     'model.logvar_range': None,
     'objective.likelihood_scale': 0.1,
     'objective.min_log_scale': -7.0,
+    'objective.num_mixtures': 10,
     'optimizer.schedule': 'constant',
     'optimizer.warmup_steps': 0,
     'optimizer.end_learning_rate': 0.0,
@@ -324,7 +326,8 @@ RANGES = {
     'groups_per_scale': POSITIVE, 'code_dim': POSITIVE, 'hidden_size': POSITIVE,
     'hidden_sizes': POSITIVE, 'channels': POSITIVE,
     'num_components': POSITIVE, 'reg_covar': POSITIVE,
-    'likelihood_scale': POSITIVE, 'beta': NON_NEGATIVE,
+    'likelihood_scale': POSITIVE, 'num_mixtures': POSITIVE,
+    'beta': NON_NEGATIVE,
     'kl_warmup_steps': NON_NEGATIVE, 'free_bits': NON_NEGATIVE,
     'num_samples': POSITIVE, 'iwae_samples': POSITIVE,
     'smooth_l1_beta': POSITIVE, 'sparsity_weight': NON_NEGATIVE,

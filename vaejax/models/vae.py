@@ -255,7 +255,7 @@ def check_logvar_range(logvar_range):
 
 def output_shape(image_shape, likelihood):
   height, width, channels = image_shape
-  return (height, width, channels * likelihood.num_params)
+  return (height, width, likelihood.output_channels(channels))
 
 
 def mlp_vae(config, image_shape, likelihood):

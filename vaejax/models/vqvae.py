@@ -189,7 +189,7 @@ def vqvae(config, image_shape, likelihood):
       quantizer=vector_quantizer.VectorQuantizer(
           config.num_codes, config.code_dim, codebook_collection=collection,
           ema_epsilon=config.ema_epsilon),
-      decoder=GridDecoder(channels, image_channels * likelihood.num_params,
+      decoder=GridDecoder(channels, likelihood.output_channels(image_channels),
                           config.num_residual, impl))
   return VQVAEFamily(model, likelihood, 'vqvae',
                      (height // scale, width // scale))

@@ -1,7 +1,9 @@
 """Decoder likelihoods p(x | z): per-example log-probabilities of images.
 
-A decoder emits `num_params` channels per image channel; the likelihood splits
-them into its parameters. `log_prob(params, x)` returns one value per example
+A decoder emits `output_channels(C)` channels per pixel of a C-channel image
+(`num_params` per image channel for the elementwise ones); the likelihood
+splits them into its parameters. 'logistic_mixture' (vaejax/objectives/
+logistic_mixture.py) couples a pixel's channels. `log_prob(params, x)` returns one value per example
 (summed over pixels); `mean(params)` is the image shown in reconstructions and
 samples.
 """
@@ -14,6 +16,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from vaejax import registry
+from vaejax.objectives import logistic_mixture
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,10 @@ class Likelihood:
     """The image shown for these parameters (reconstructions, samples)."""
     return self.mean_of(*self.split(params))
 
+  def output_channels(self, image_channels):
+    """Channels per pixel the decoder emits for an image of this many."""
+    return image_channels * self.num_params
+
 
 def log_likelihood_bernoulli(x, logits):
   """x log sigmoid(l) + (1 - x) log sigmoid(-l), finite for any logit.
@@ -76,25 +83,11 @@ def log_likelihood_discretized_logistic(x, loc, log_scale, num_bins=256):
   """log P(bin of x) under a logistic discretised into `num_bins` bins on [0, 1].
 
   x holds bin centres k / (num_bins - 1). The edge bins take the tails
-  (PixelCNN++, Salimans et al. 2017). Computed in [-1, 1] coordinates.
+  (PixelCNN++, Salimans et al. 2017). Computed in [-1, 1] coordinates, as
+  one component of `logistic_mixture`.
   """
-  x = 2.0 * x - 1.0
-  loc = 2.0 * loc - 1.0
-  half_bin = 1.0 / (num_bins - 1)
-  inv_scale = jnp.exp(-log_scale)
-  plus = inv_scale * (x - loc + half_bin)
-  minus = inv_scale * (x - loc - half_bin)
-  log_cdf_plus = jax.nn.log_sigmoid(plus)
-  log_one_minus_cdf_minus = jax.nn.log_sigmoid(-minus)
-  # log(sigmoid(plus) - sigmoid(minus)) = plus + log(1 - e^(minus - plus))
-  # + log sigmoid(-plus) + log sigmoid(-minus): finite for any scale (expm1
-  # of a non-positive number cannot overflow) and any offset.
-  log_bin_mass = (plus + jnp.log(-jnp.expm1(minus - plus))
-                  + jax.nn.log_sigmoid(-plus) + jax.nn.log_sigmoid(-minus))
-  # The edge bins (centres -1 and 1) take the tails; half a bin inside.
-  edge = 1.0 - half_bin
-  return jnp.where(x < -edge, log_cdf_plus,
-                   jnp.where(x > edge, log_one_minus_cdf_minus, log_bin_mass))
+  return logistic_mixture.log_bin_mass(2.0 * x - 1.0, 2.0 * loc - 1.0,
+                                        log_scale, num_bins)
 
 
 def _fixed_scale_likelihood(name, log_density, scale):
@@ -150,6 +143,11 @@ def discretized_logistic(config):
       mean_of=lambda loc, _: jnp.clip(loc, 0.0, 1.0))
 
 
+def discretized_logistic_mixture(config):
+  return logistic_mixture.LogisticMixtureLikelihood(
+      num_mixtures=config.num_mixtures, min_log_scale=config.min_log_scale)
+
+
 LIKELIHOODS = registry.Registry('likelihood', {
     'bernoulli': bernoulli,
     'gaussian': gaussian,
@@ -157,6 +155,7 @@ LIKELIHOODS = registry.Registry('likelihood', {
     'laplace': laplace,
     'laplace_learned': laplace_learned,
     'discretized_logistic': discretized_logistic,
+    'logistic_mixture': discretized_logistic_mixture,
 }, 'config.objective.likelihood')
 
 
