@@ -1,5 +1,6 @@
 """The classifier family (experiments/classifier.py) and the sample-quality
 evaluations in its feature space, on the tiny IDX data set."""
+import json
 import logging
 import os
 import shutil
@@ -156,22 +157,28 @@ def vae_run(tiny_data_dir, tmp_path_factory):
   return workdir
 
 
+def copy_with_eval_settings(source, workdir, **settings):
+  """A copy of the workdir `source` whose config.json has these eval keys."""
+  shutil.copytree(source, workdir)
+  config_path = os.path.join(workdir, 'config.json')
+  with open(config_path) as f:
+    saved = json.load(f)
+  saved['eval'].update(settings)
+  with open(config_path, 'w') as f:
+    json.dump(saved, f)
+  return workdir
+
+
+def quality_settings(classifier_workdir):
+  return {**{key.split('.')[1]: value for key, value in TINY_QUALITY.items()},
+          'sample_quality_classifier_workdir': classifier_workdir}
+
+
 def test_sample_quality_through_the_evaluation_command(
     classifier_run, vae_run, tmp_path):
   classifier_workdir, _ = classifier_run
-  workdir = str(tmp_path / 'vae')
-  shutil.copytree(vae_run, workdir)
-  config = tiny_config('unused')
-  config_path = os.path.join(workdir, 'config.json')
-  import json
-  with open(config_path) as f:
-    saved = json.load(f)
-  for key, value in TINY_QUALITY.items():
-    saved['eval'][key.split('.')[1]] = value
-  saved['eval']['sample_quality_classifier_workdir'] = classifier_workdir
-  with open(config_path, 'w') as f:
-    json.dump(saved, f)
-  del config
+  workdir = copy_with_eval_settings(vae_run, str(tmp_path / 'vae'),
+                                    **quality_settings(classifier_workdir))
   result = evaluate.evaluate_checkpoint(
       workdir, extras=('sample_quality', 'sample_quality_reference'))
   metrics = result['metrics']
@@ -190,18 +197,43 @@ def test_sample_quality_through_the_evaluation_command(
     assert json.load(f)['sample_fid'] == pytest.approx(metrics['sample_fid'])
 
 
+def test_sample_quality_of_a_prior_over_vqvae_codes(
+    classifier_run, vae_run, tiny_data_dir, tmp_path):
+  """A PixelCNN prior's data are code grids, but its samples are decoded
+  images: they are compared with the first stage's test images, and the
+  floor is the VAE's (the same images and classifier)."""
+  classifier_workdir, _ = classifier_run
+  settings = quality_settings(classifier_workdir)
+  stage_one = str(tmp_path / 'vqvae')
+  train.train_and_evaluate(tiny_config(
+      tiny_data_dir, 'vqvae', 'binarized,ema,runlocal', **{
+          'model.channels': (4, 8), 'model.code_dim': 3,
+          'model.num_codes': 5, 'num_train_steps': 2,
+          'steps_per_dispatch': 2, 'eval.extras': ()}), stage_one)
+  prior = str(tmp_path / 'prior')
+  metrics = train.train_and_evaluate(tiny_config(
+      tiny_data_dir, 'pixelcnn_prior', f'workdir={stage_one},codes=5,runlocal',
+      **{'model.feature_channels': 8, 'model.num_layers': 2,
+         'num_train_steps': 2, 'steps_per_dispatch': 2,
+         'eval.extras': ('sample_quality', 'sample_quality_reference'),
+         **{f'eval.{key}': value for key, value in settings.items()}}),
+      prior)['metrics']
+  assert metrics['sample_quality_samples'] == 64
+  for name in ('fid', 'kid', 'precision', 'recall'):
+    assert np.isfinite(metrics[f'sample_{name}']), name
+  vae = evaluate.evaluate_checkpoint(
+      copy_with_eval_settings(vae_run, str(tmp_path / 'vae'), **settings),
+      extras=('sample_quality_reference',))['metrics']
+  for key in ('reference_train_fid', 'reference_noise_0.2_fid'):
+    assert metrics[key] == pytest.approx(vae[key], rel=1e-6), key
+
+
 def test_missing_classifier_skips_with_the_command_to_train_it(
     vae_run, tmp_path, caplog):
   missing = str(tmp_path / 'no_classifier')
   workdir = str(tmp_path / 'vae')
-  shutil.copytree(vae_run, workdir)
-  import json
-  config_path = os.path.join(workdir, 'config.json')
-  with open(config_path) as f:
-    saved = json.load(f)
-  saved['eval']['sample_quality_classifier_workdir'] = missing
-  with open(config_path, 'w') as f:
-    json.dump(saved, f)
+  copy_with_eval_settings(vae_run, workdir,
+                          sample_quality_classifier_workdir=missing)
   with caplog.at_level(logging.INFO):
     result = evaluate.evaluate_checkpoint(workdir, extras=('sample_quality',))
   assert not any(k.startswith('sample_') for k in result['metrics']

@@ -59,8 +59,7 @@ def two_stage_bound(evaluator, variables, images, settings):
     x, keys = first.evaluator.inputs(stage_images, positions)
     return first_family.reconstruction_nll(variables, x, keys)
 
-  split = getattr(first.trained.exp.dataset, evaluator.split_name)
-  stage_images = split.images[:len(images)]
+  stage_images = evaluator.pixel_images(images)
   prior = evaluator.map_split(
       prior_nll, (variables, labels if family.num_classes else None), images)
   recon = first.evaluator.map_split(reconstruction_nll,

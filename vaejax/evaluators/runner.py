@@ -231,6 +231,22 @@ class Evaluator:
       return None
     return np.asarray(split.labels[:num], np.int32)
 
+  def pixel_dataset(self):
+    """The data set of images behind this experiment: its own, or, for a
+    second stage trained on a first stage's outputs (a PixelCNN prior on a
+    VQ-VAE's code grids), the first stage's."""
+    first = self.exp.first_stage
+    trained = getattr(first, 'trained', None)
+    return self.exp.dataset if trained is None else trained.exp.dataset
+
+  def pixel_images(self, images):
+    """The images behind `images` (a prefix of the evaluation split): the
+    same examples of `pixel_dataset()`."""
+    dataset = self.pixel_dataset()
+    if dataset is self.exp.dataset:
+      return images
+    return getattr(dataset, self.split_name).images[:len(images)]
+
   def eval_images(self, quick=False):
     """The held-out images: the first `quick_examples` of the quick split
     (validation when the run has one) if quick, else the first

@@ -111,8 +111,10 @@ def draw_samples(evaluator, variables, num):
 
 
 def sample_quality_metrics(evaluator, variables, images, settings):
-  """Quality of the family's samples against the held-out images."""
-  real = held_out_features(evaluator, images, settings)
+  """Quality of the family's samples against the held-out images (the
+  first stage's images for a prior over its codes)."""
+  real = held_out_features(evaluator, evaluator.pixel_images(images),
+                           settings)
   samples = to_uint8(draw_samples(evaluator, sharding.to_host(variables),
                                   settings.sample_quality_samples))
   metrics = metrics_against(real, samples, evaluator, settings, 'sample')
@@ -137,9 +139,10 @@ def with_blur(images, sigma):
 def reference_metrics(evaluator, variables, images, settings):
   """The floor (training vs held-out images) and degraded held-out images."""
   del variables
-  images = np.asarray(images)
+  images = np.asarray(evaluator.pixel_images(images))
   real = held_out_features(evaluator, images, settings)
-  train = evaluator.exp.dataset.train.images[:settings.sample_quality_samples]
+  train = evaluator.pixel_dataset().train.images[
+      :settings.sample_quality_samples]
   metrics = metrics_against(real, np.asarray(train), evaluator, settings,
                             'reference_train')
   fids = {}
