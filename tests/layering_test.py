@@ -19,7 +19,7 @@ LAYERS = (
     ('evaluation', ('evaluators',)),
     ('stages', ('stages',)),
     ('train loop', ('train', 'faults')),
-    ('commands', ('main', 'evaluate', 'soak', 'benchmark',
+    ('commands', ('main', 'evaluate', 'curves', 'soak', 'benchmark',
                   'benchmark_programs', 'profiling', 'cli')),
 )
 

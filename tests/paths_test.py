@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+from vaejax import curves
 from vaejax import data
 from vaejax import experiment
 from vaejax import optim
@@ -251,6 +252,10 @@ def test_quick_evaluation_during_training(cli_workdir, tiny_data_dir,
   assert logged['eval/eval_examples'] == {10: 16.0, 20: 64.0}
   assert set(logged['eval/nll_elbo']) == {10, 20}
   assert 'eval/nll_iwae' not in logged or 10 not in logged['eval/nll_iwae']
+  # A learning curve of the run is its periodic evaluation only.
+  steps, values = curves.periodic_evaluations(cli_workdir, 'nll_elbo')
+  assert steps.tolist() == [10]
+  np.testing.assert_allclose(values, [logged['eval/nll_elbo'][10]])
   # The same number as a 10-step run's final evaluation of those examples.
   config = tiny_config(tiny_data_dir, **{
       **CLI_RUN, 'num_train_steps': 10, 'eval_every': 0,

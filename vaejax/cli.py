@@ -1,8 +1,10 @@
 """Shared pieces of the command-line entry points (`vaejax.main`,
-`vaejax.evaluate`): one-line errors and quiet library logs."""
+`vaejax.evaluate`, `vaejax.curves`): one-line errors, flag parsing and
+quiet library logs."""
 import logging
 import sys
 
+from absl import flags
 from absl import logging as absl_logging
 
 
@@ -31,3 +33,19 @@ def fail(message, status=2):
   """Prints `vaejax: error: ...` and exits with `status` (no traceback)."""
   print(f'vaejax: error: {message}', file=sys.stderr)
   sys.exit(status)
+
+
+def parse_flags(argv):
+  """absl's flag parsing with its errors as one `vaejax: error:` line (the
+  `flags_parser` of `app.run`)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    fail(f'{e}\nPass --helpshort to see the flags.')
+
+
+def refuse_arguments(argv):
+  """Commands take flags only: anything left after parsing is a mistake."""
+  if len(argv) > 1:
+    fail(f'unexpected arguments {argv[1:]}; pass --helpshort to see the '
+         f'flags.')

@@ -109,17 +109,8 @@ def define_flags():
   flags.mark_flags_as_required(['workdir'])
 
 
-def parse_flags(argv):
-  try:
-    return flags.FLAGS(argv)
-  except flags.Error as e:
-    cli.fail(f'{e}\nPass --helpshort to see the flags.')
-
-
 def main(argv):
-  if len(argv) > 1:
-    cli.fail(f'unexpected arguments {argv[1:]}; pass --helpshort to see the '
-         f'flags.')
+  cli.refuse_arguments(argv)
   cli.quiet_library_logs()
   options = flags.FLAGS
   try:
@@ -135,4 +126,4 @@ def main(argv):
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main, flags_parser=parse_flags)
+  app.run(main, flags_parser=cli.parse_flags)

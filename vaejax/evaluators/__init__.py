@@ -15,7 +15,8 @@
                  precision / recall in a trained classifier's feature space
   codes.py       'codebook_usage' (VQ-VAE), 'two_stage_bound' (a prior over
                  code grids with its VQ-VAE: the bound on -log p(x))
-  plots.py       drawing with NumPy and PIL (scatter plots, traversal codes)
+  plots.py       drawing with NumPy and PIL (scatter plots, traversal codes,
+                 line plots)
   spec.py        `Evaluation`: a function, the family abilities it needs,
                  whether it needs labels, the config keys it reads
 
