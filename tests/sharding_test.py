@@ -29,7 +29,9 @@ for num_devices in {device_counts}:
   config = tiny_config({data_dir!r}, arg={arg!r}, num_devices=num_devices,
                        num_train_steps=6, steps_per_dispatch=3, log_every=3,
                        checkpoint_every=6, **{{'eval.max_examples': 64,
-                       'optimizer.name': 'sgd', 'optimizer.learning_rate': 1e-4}})
+                       'optimizer.name': 'sgd', 'optimizer.learning_rate': 1e-4,
+                       # Only the parameters and these two are compared.
+                       'eval.extras': ('iwae',), 'eval.figures': ()}})
   out = train.train_and_evaluate(config, {workdir!r} + f'/{{num_devices}}')
   params = [np.asarray(x).tolist() for x in jax.tree.leaves(out['state']['params'])]
   results[num_devices] = {{'params': params, 'metrics': out['metrics']}}
