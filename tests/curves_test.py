@@ -47,6 +47,15 @@ def test_line_plot_draws_each_point_where_its_axes_map_it():
   row = picture[int(round(reference_y)), left + 1:right - 1]
   grey = np.array(plots.FRAME_GREY) / 255.0
   assert 0.2 < np.mean(np.all(np.isclose(row, grey, atol=1e-6), -1)) < 0.8
+  # A y_range narrower than the data: the curve stops at the box's edges.
+  picture, axes = plots.line_plot([('curve', xs, ys)], 'epoch', 'nats', 't',
+                                  y_range=(230.0, 260.0))
+  left, top, right, bottom = axes.box
+  coloured = np.all(np.isclose(picture, colour, atol=1e-6), -1)
+  coloured[:, right + 8:] = False  # the legend's swatch
+  rows, columns = np.nonzero(coloured)
+  assert rows.size and top <= rows.min() and rows.max() <= bottom
+  assert left <= columns.min() and columns.max() <= right
   with pytest.raises(ValueError, match='as many x as y'):
     plots.line_plot([('bad', [1, 2], [1.0])], 'x', 'y', 't')
 
@@ -91,6 +100,9 @@ def test_bad_choices_are_refused_before_a_picture_is_written(logged_run):
   with pytest.raises(errors.ConfigError, match='expected NAME=VALUE'):
     curves.draw_curves([logged_run], 'nll_elbo', references=['HVAE=x'],
                        out=out)
+  for y_range in (['260', '220'], ['x', '1'], ['1']):
+    with pytest.raises(errors.ConfigError, match='LOW < HIGH'):
+      curves.draw_curves([logged_run], 'nll_elbo', y_range=y_range, out=out)
   with pytest.raises(errors.ConfigError, match='one label per workdir'):
     curves.draw_curves([logged_run], 'nll_elbo', labels=['a', 'b'], out=out)
   with pytest.raises(errors.UserError, match='does not exist'):
@@ -101,7 +113,8 @@ def test_bad_choices_are_refused_before_a_picture_is_written(logged_run):
 def test_command_draws_and_prints_the_curve(logged_run):
   result = run_module('vaejax.curves', '--workdir', logged_run, '--metric',
                       'nll_elbo', '--steps_per_epoch', '10', '--reference',
-                      'published=227.37')
+                      'published=227.37', '--reference', 'other=228.7',
+                      '--y_range=220,320')
   assert result.returncode == 0, result.stderr[-3000:]
   assert ('run: 2 evaluations of nll_elbo, lowest 280 at step 20 (epoch 2), '
           'highest 300 at step 10 (epoch 1), last 280 at step 20 (epoch 2)'

@@ -2,7 +2,7 @@ r"""Learning curves of training runs, read from their TensorBoard events.
 
   python -m vaejax.curves --workdir W [--workdir W2 ...] [--metric nll_elbo]
       [--label NAME ...] [--steps_per_epoch N] [--reference NAME=VALUE ...]
-      [--title TEXT] [--out PNG]
+      [--y_range LOW,HIGH] [--title TEXT] [--out PNG]
 
 draws the periodic evaluations of each run (`eval/<metric>`, logged every
 `config.eval_every` steps on the validation split when the run holds one
@@ -80,13 +80,22 @@ def parse_references(texts):
 
 
 def draw_curves(workdirs, metric, labels=(), steps_per_epoch=None,
-                references=(), out=None, title=None):
+                references=(), out=None, title=None, y_range=None):
   """Draws and saves the curves. Returns {'path', 'curves': [(label, steps,
   values)], 'finals': {label: final value or None}}."""
   if labels and len(labels) != len(workdirs):
     raise errors.ConfigError(
         f'{len(labels)} --label for {len(workdirs)} --workdir: give one label '
         f'per workdir, or none (the workdirs name the curves).')
+  if y_range is not None:
+    try:
+      y_range = tuple(float(v) for v in y_range)
+    except ValueError:
+      y_range = ()
+    if len(y_range) != 2 or not y_range[0] < y_range[1]:
+      raise errors.ConfigError(
+          f'--y_range={",".join(map(str, y_range or ["?"]))}: expected two '
+          f'numbers LOW,HIGH with LOW < HIGH, e.g. --y_range=220,260.')
   if steps_per_epoch is not None and steps_per_epoch < 1:
     raise errors.ConfigError('--steps_per_epoch must be at least 1.')
   labels = list(labels) or [os.path.basename(os.path.normpath(w))
@@ -103,11 +112,12 @@ def draw_curves(workdirs, metric, labels=(), steps_per_epoch=None,
       [(label, steps / scale, values) for label, steps, values in curves],
       x_label='epoch' if steps_per_epoch else 'step', y_label=metric,
       title=title or f'{metric} of the periodic evaluations',
-      references=[(f'{name} {value:g}', value) for name, value in references])
+      references=[(f'{name} {value:g}', value) for name, value in references],
+      y_range=y_range)
   path = out or os.path.join(workdirs[0], 'images',
                              f'learning_curve_{metric}.png')
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  images.save_png(path, picture)
+  images.save_picture(path, images.Picture(picture))
   return {'path': path, 'curves': curves, 'finals': finals}
 
 
@@ -123,6 +133,9 @@ def define_flags():
                        'instead of steps.')
   flags.DEFINE_multi_string('reference', [], 'NAME=VALUE: a dashed line at '
                             'VALUE (a published number, a target).')
+  flags.DEFINE_list('y_range', None, 'LOW,HIGH: the y values shown (default: '
+                    'every point and reference); curves are cut at its '
+                    'edges.')
   flags.DEFINE_string('title', None, 'Above the plot (default: the metric).')
   flags.DEFINE_string('out', None, 'The PNG to write (default: '
                       'W/images/learning_curve_<metric>.png of the first '
@@ -138,7 +151,7 @@ def main(argv):
   try:
     result = draw_curves(options.workdir, options.metric, options.label,
                          options.steps_per_epoch, options.reference,
-                         options.out, options.title)
+                         options.out, options.title, options.y_range)
   except errors.UserError as e:
     cli.fail(str(e))
   scale = options.steps_per_epoch

@@ -150,11 +150,13 @@ def save_png(path, grid, text: Optional[dict] = None):
 
 def save_picture(path, picture):
   """Renders `picture` to `path`; the PNG's text chunks `grid_box` ('top
-  left bottom right' of the scaled grid) and `scale` locate the tiles.
+  left bottom right' of the scaled grid) and `scale` locate the tiles, and
+  `kind` says whether it is a grid of image tiles or a plot.
   Returns the rendered pixels (what TensorBoard shows too)."""
   pixels, box, scale = render(picture)
   save_png(path, pixels, {'grid_box': ' '.join(map(str, box)),
-                          'scale': scale, 'title': picture.title})
+                          'scale': scale, 'title': picture.title,
+                          'kind': 'tiles' if picture.tile_size else 'plot'})
   return pixels
 
 

@@ -217,20 +217,27 @@ def line_plot(series, x_label, y_label, title, references=(),
     label = _tick_label(tick)
     draw.text((box[0] - 6 - text_size(label)[0], py - text_size(label)[1] / 2),
               label, fill=BLACK, font=font)
-  for name, y in references:
+  label_y = []  # Reference labels, top to bottom, at least a line apart.
+  for name, y in sorted(references, key=lambda r: -r[1]):
     _, py = axes.pixels(axes.x_range[0], y)
     for start in range(box[0], box[2], 8):
       draw.line((start, py, min(start + 4, box[2]), py), fill=FRAME_GREY)
-    draw.text((box[2] + 4, py - text_size(name)[1] / 2), name, fill=BLACK,
-              font=font)
+    label_y.append(max(py - text_size(name)[1] / 2,
+                       label_y[-1] + line_height - 4 if label_y else -np.inf))
+    draw.text((box[2] + 4, label_y[-1]), name, fill=BLACK, font=font)
+  # The curves are drawn on a copy and pasted inside the box: a y_range
+  # narrower than the data cuts them at its edges.
+  layer = image.copy()
+  layer_draw = ImageDraw.Draw(layer)
   for (name, xs, ys), colour in zip(series, colours):
     px, py = axes.pixels(xs, ys)
     points = list(zip(px.tolist(), py.tolist()))
     if len(points) > 1:
-      draw.line(points, fill=colour, width=2)
+      layer_draw.line(points, fill=colour, width=2)
     if len(points) <= MAX_DOTS:
       for x, y in points:
-        draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+        layer_draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
+  image.paste(layer.crop(box), box[:2])
 
   draw.rectangle(box, outline=FRAME_GREY)
   draw.text((box[0], 6), title, fill=BLACK, font=font)
