@@ -81,8 +81,8 @@ def logged_run(tmp_path):
   time.sleep(1.1)  # Event file names carry the second they were opened.
   resumed = metric_writers.MetricWriter(logdir)
   resumed.write_scalars(20, {'eval/nll_elbo': 280.0})
-  resumed.write_scalars(20, {'eval/nll_elbo': 281.5})  # the final, on test
-  resumed.write_scalars(30, {'eval/nll_elbo': 270.0})  # a final evaluation
+  resumed.write_scalars(20, {'eval/nll_elbo': 281.5})  # final (pre-final/ tag)
+  resumed.write_scalars(30, {'eval/nll_elbo': 270.0})  # final (pre-final/ tag)
   resumed.close()
   return workdir
 

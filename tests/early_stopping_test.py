@@ -74,20 +74,22 @@ def _validation_losses(workdir):
   events = event_accumulator.EventAccumulator(
       workdir_lib.tensorboard_dir(workdir))
   events.Reload()
-  losses = {}
-  # At the stop step the final (test) evaluation follows the periodic one
-  # under the same tag: keep the first value of each step.
-  for event in events.Scalars('eval/loss'):
-    losses.setdefault(event.step, event.value)
-  return losses
+  # Each periodic evaluation once: the final (test) one, at the stop step
+  # too, is logged apart under final/.
+  steps = [event.step for event in events.Scalars('eval/loss')]
+  assert len(steps) == len(set(steps)), steps
+  final, = events.Scalars('final/loss')
+  return {event.step: event.value for event in events.Scalars('eval/loss')}, final
 
 
 def test_early_stopping_keeps_the_best_and_stops(stopped_run):
   config, workdir, result = stopped_run
   state = result['state']
   step = int(state['step'])
-  periodic = _validation_losses(workdir)
+  periodic, final = _validation_losses(workdir)
   assert sorted(periodic) == list(range(10, step + 1, 10))
+  assert final.step == step
+  assert final.value == pytest.approx(result['metrics']['loss'], rel=1e-6)
   best_step = min(periodic, key=periodic.get)
   record = state['early_stopping']
   assert step < config.num_train_steps, 'the run should have stopped early'

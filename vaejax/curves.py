@@ -12,11 +12,13 @@ out, else on the test split) against steps, or epochs with
 W/images/learning_curve_<metric>.png of the first workdir) and prints the
 points and, for a finished run, its final number (W/eval/metrics.json).
 
-A resumed run logs some steps twice (from its checkpoint on); at an
-early-stopping step the final evaluation follows the periodic one under the
-same tag; a run that reaches its last step evaluates only finally there. So
-a curve keeps the first value logged at each multiple of `eval_every` below
-`num_train_steps`: the periodic evaluations, each once.
+The final evaluation (of the best variables, on `config.eval.split`) is
+logged apart, under `final/<metric>`, and is not drawn. A resumed run logs
+some steps twice (from its checkpoint on), and runs trained before the
+`final/` tag logged their final evaluation under `eval/` too (at an
+early-stopping step, after the periodic one). So a curve keeps the first
+value logged at each multiple of `eval_every` below `num_train_steps`: the
+periodic evaluations, each once.
 """
 import logging
 import os
