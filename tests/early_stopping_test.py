@@ -76,10 +76,11 @@ def _validation_losses(workdir):
   events.Reload()
   # Each periodic evaluation once: the final (test) one, at the stop step
   # too, is logged apart under final/.
-  steps = [event.step for event in events.Scalars('eval/loss')]
+  periodic = events.Scalars('eval/loss')
+  steps = [event.step for event in periodic]
   assert len(steps) == len(set(steps)), steps
   final, = events.Scalars('final/loss')
-  return {event.step: event.value for event in events.Scalars('eval/loss')}, final
+  return {event.step: event.value for event in periodic}, final
 
 
 def test_early_stopping_keeps_the_best_and_stops(stopped_run):

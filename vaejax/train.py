@@ -341,7 +341,8 @@ def train_and_evaluate(config, workdir, dataset=None):
         state['early_stopping']['loss'])
   # Apart from the periodic `eval/` ones (validation when the run holds one
   # out): the final evaluation is of the best variables, on config.eval.split.
-  writer.write_scalars(step, {f'final/{k}': v for k, v in final_metrics.items()})
+  writer.write_scalars(step,
+                       {f'final/{k}': v for k, v in final_metrics.items()})
   figure_paths = {}
   if is_main_process:
     # Pictures are small: process 0 draws them from a host copy of the state.
