@@ -102,7 +102,7 @@ def main(argv):
     result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except (errors.UserError, data.DataError) as e:
     cli.fail(str(e))
-  except faults.NonFiniteError as e:
+  except (faults.NonFiniteError, faults.StalledError) as e:
     cli.fail(str(e), status=1)
   except faults.Interrupted as e:
     print(f'vaejax: stopped: {e}', file=sys.stderr)

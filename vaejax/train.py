@@ -206,6 +206,8 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
 
   Raises:
     NonFiniteError: before anything from the bad chunk is saved.
+    StalledError: every update for faults.MAX_CONSECUTIVE_SKIPS steps was
+      skipped (the gradient-norm threshold is below the run's norms).
     Interrupted: SIGTERM/SIGINT, after saving the step reached.
     checkpoint.CheckpointWriteError: a checkpoint could not be written.
   """
@@ -222,7 +224,7 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
                'from step %d to %d.', config.model.name, config.objective.name,
                exp.dataset.source, len(exp.dataset.train.images),
                exp.mesh.shape[sharding.DATA_AXIS], step, num_steps)
-  pending = []
+  pending, skipped_in_a_row = [], 0
   with faults.StopSignals() as signals:
     try:
       # Read once from the (resumed) state; then set where it changes.
@@ -237,6 +239,9 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
         metrics = sharding.to_host(metrics)
         progress.add(end - step, time.perf_counter() - chunk_start)
         faults.check_finite(metrics, step, last_checkpoint)
+        skipped_in_a_row = faults.check_updates_applied(
+            metrics, step, skipped_in_a_row,
+            config.optimizer.skip_update_above_grad_norm, last_checkpoint)
         pending.append(metrics)
         step = end
         if step % config.log_every == 0 or step == num_steps:
