@@ -64,6 +64,12 @@ README_ROWS = {
         'test_evaluate_uses_the_checkpoint_before_an_unreadable_one',
         'test_features_from_the_checkpoint_before_an_unreadable_one'],
     'loss or gradient norm becomes NaN/inf': ['test_diverging_run'],
+    'every update skipped for 100 steps in a row '
+    '(`--config.optimizer.skip_update_above_grad_norm` below the run\'s '
+    'gradient norms)': [
+        'test_stalled_run',
+        'reliability_test::'
+        'test_updates_all_skipped_stop_the_run_keeping_its_checkpoints'],
     'SIGTERM / Ctrl-C': [
         'reliability_test::test_sigterm_saves_the_step_reached_and_exits_nonzero'],
     'SIGKILL': ['reliability_test::test_sigkill_then_rerun_is_bit_exact'],
@@ -353,6 +359,19 @@ def test_diverging_run(tiny_data_dir, copied_workdir):
                    r'at step (2[1-9]|[3-5]\d|60)\.', result.stderr), (
                        result.stderr[-5000:])
   assert checkpoint_files(copied_workdir) == before  # nothing saved after it
+
+
+def test_stalled_run(tiny_data_dir, copied_workdir):
+  before = checkpoint_files(copied_workdir)
+  result = run_main(copied_workdir, *tiny_flags(tiny_data_dir, **CLI_RUN),
+                    '--config.num_train_steps=200',
+                    '--config.checkpoint_every=200',
+                    '--config.optimizer.skip_update_above_grad_norm=1e-6')
+  assert_clean_failure(
+      result, 'vaejax: error: The 100 updates up to step 120 were all '
+      'skipped', 'skip_update_above_grad_norm=1e-06',
+      step_path(copied_workdir, 20), status=1)
+  assert checkpoint_files(copied_workdir) == before
 
 
 def test_experiment_file_that_does_not_exist(tmp_path):

@@ -301,6 +301,58 @@ def test_skip_update_above_grad_norm_counts_and_skips(tiny_data_dir,
   assert train_scalars(str(tmp_path))['train/skipped_updates'] == [(10, 10.0)]
 
 
+def test_updates_all_skipped_stop_the_run_keeping_its_checkpoints(
+    tiny_data_dir, copied_workdir):
+  checkpoints = workdir_lib.checkpoint_dir(copied_workdir)
+  before = file_contents(checkpoints)
+  # From the copied checkpoint at step 20, every update is skipped (every
+  # gradient norm is above 1e-6): the run stops at step 120, not at 400.
+  config = tiny_config(tiny_data_dir, **{
+      **SHORT_RUN, 'num_train_steps': 400, 'checkpoint_every': 200,
+      'optimizer.skip_update_above_grad_norm': 1e-6})
+  with pytest.raises(faults.StalledError) as info:
+    train.train_and_evaluate(config, copied_workdir)
+  message = str(info.value)
+  assert message.startswith(
+      f'The {faults.MAX_CONSECUTIVE_SKIPS} updates up to step '
+      f'{20 + faults.MAX_CONSECUTIVE_SKIPS} were all skipped'), message
+  assert 'skip_update_above_grad_norm=1e-06' in message
+  assert os.path.join(checkpoints, '20') in message
+  assert file_contents(checkpoints) == before  # nothing saved after it
+
+
+@pytest.mark.parametrize('skipped, before, expected', [
+    ([0, 1, 1], 0, 2),      # a run of 2 ends the chunk
+    ([1, 1, 0], 5, 0),      # an applied update ends the run
+    ([1, 1, 1], 50, 53),    # runs carry over chunks
+    ([0, 0, 0], 99, 0),
+])
+def test_consecutive_skips_are_counted_across_chunks(skipped, before,
+                                                     expected):
+  metrics = {'skipped_updates': np.array(skipped, np.float32),
+             'grad_norm': np.full(len(skipped), 5.0)}
+  assert faults.check_updates_applied(metrics, 0, before, 1.0) == expected
+  assert faults.check_updates_applied({'grad_norm': [5.0]}, 0, 7, 0) == 0
+
+
+def test_stall_message_names_the_step_norms_and_a_threshold_to_use():
+  limit = faults.MAX_CONSECUTIVE_SKIPS
+  # 3 applied, then `limit` skipped: the limit is reached at step 1000 + 3 +
+  # limit; the norms of the skipped steps are 2000..2000 + limit - 1.
+  skipped = np.r_[np.zeros(3), np.ones(limit + 5)]
+  norms = np.r_[np.full(3, 10.0), 2000.0 + np.arange(limit + 5)]
+  with pytest.raises(faults.StalledError) as info:
+    faults.check_updates_applied(
+        {'skipped_updates': skipped, 'grad_norm': norms}, 1000, 0, 1000.0)
+  message = str(info.value)
+  median = np.median(2000.0 + np.arange(limit))
+  assert f'up to step {1003 + limit} were all skipped' in message
+  assert f'median {median:.4g}, smallest 2000)' in message
+  assert 'no checkpoint had been written yet' in message
+  # 4 x the median, rounded up to one significant digit.
+  assert 'skip_update_above_grad_norm=9000,' in message
+
+
 # A full disk.
 
 
