@@ -22,6 +22,7 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from vaejax import curves
 from vaejax import data
+from vaejax import errors
 from vaejax import experiment
 from vaejax import optim
 from vaejax import stages
@@ -133,6 +134,59 @@ def test_gradient_clipping_rescales_to_the_global_norm():
   small = {'a': jnp.array([0.3, 0.0]), 'b': jnp.array(0.4)}  # norm 0.5
   updates, _ = optimizer.update(small, state, params)
   np.testing.assert_allclose(updates['a'], [-0.3, 0.0], rtol=1e-6)
+
+
+def test_layer_decay_scales_each_blocks_adamw_update():
+  # A ViT classifier's parameter names: 3 blocks, so block i learns at
+  # d ** (3 - i), the patch embedding and class token at d ** 4, the final
+  # norm and the head at 1; the update is AdamW's, times that factor.
+  d = 0.5
+  params = {'encoder': {'patch_embed': {'kernel': jnp.ones((2, 2))},
+                        'class_token': jnp.ones((1, 1, 2)),
+                        'block0': {'mlp_in': {'kernel': jnp.ones(2)}},
+                        'block1': {'norm1': {'scale': jnp.ones(2)}},
+                        'block2': {'mlp_out': {'bias': jnp.ones(2)}},
+                        'norm': {'scale': jnp.ones(2)}},
+            'logits': {'kernel': jnp.ones((2, 3))}}
+  factors = {'patch_embed': d ** 4, 'class_token': d ** 4, 'block0': d ** 3,
+             'block1': d ** 2, 'block2': d, 'norm': 1.0, 'logits': 1.0}
+  fields = dict(name='adamw', learning_rate=0.01, weight_decay=0.1)
+  decayed = optim.make_optimizer(optimizer_config(layer_decay=d, **fields), 2)
+  plain = optim.make_optimizer(optimizer_config(**fields), 2)
+  grads = jax.tree.map(lambda p: jnp.full_like(p, 0.3), params)
+  states = decayed.init(params), plain.init(params)
+  for _ in range(2):
+    ours, decayed_state = decayed.update(grads, states[0], params)
+    theirs, plain_state = plain.update(grads, states[1], params)
+    states = decayed_state, plain_state
+    flat_ours = jax.tree_util.tree_flatten_with_path(ours)[0]
+    flat_theirs = jax.tree.leaves(theirs)
+    for (path, update), reference in zip(flat_ours, flat_theirs):
+      group = next(entry.key for entry in path if entry.key in factors)
+      np.testing.assert_allclose(update, factors[group] * reference,
+                                 rtol=1e-6, err_msg=group)
+
+
+def test_layer_decay_groups_of_the_vit_classifier(tiny_data_dir):
+  config = tiny_config(tiny_data_dir, 'classifier',
+                       'vit,cls,layer_decay=0.5,runlocal')
+  params = initial_params(config)
+  depth = config.model.depth
+  factors = optim.layer_decay_multipliers(params, 0.5)
+  encoder = factors['encoder']
+  assert encoder['patch_embed']['kernel'] == 0.5 ** (depth + 1)
+  assert encoder['class_token'] == 0.5 ** (depth + 1)
+  for i in range(depth):
+    assert set(jax.tree.leaves(encoder[f'block{i}'])) == {0.5 ** (depth - i)}
+  assert set(jax.tree.leaves((encoder['norm'], factors['logits']))) == {1.0}
+
+
+def test_layer_decay_on_a_model_without_blocks_is_a_config_error():
+  optimizer = optim.make_optimizer(optimizer_config(layer_decay=0.75), 1)
+  with pytest.raises(errors.ConfigError,
+                     match=r'layer_decay=0.75 .* has none: set '
+                           r'--config.optimizer.layer_decay=0'):
+    optimizer.init({'conv_0': {'kernel': jnp.ones(2)}})
 
 
 def initial_params(config):

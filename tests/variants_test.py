@@ -95,6 +95,8 @@ VARIANT_CONFIGS = {
     ('classifier', 'vit,pretrained=/m'): {'init_from': '/m'},
     ('classifier', 'vit,patch=7'): {'model.patch_size': 7},
     ('classifier', 'vit,cls'): {'model.class_token': True},
+    ('classifier', 'vit,layer_decay'): {'optimizer.layer_decay': 0.75},
+    ('classifier', 'vit,layer_decay=0.5'): {'optimizer.layer_decay': 0.5},
     ('vqvae', 'binarized'): {'data.transform': 'dynamic_binarize',
                              'objective.likelihood': 'bernoulli'},
     ('vqvae', 'k512'): {'model.num_codes': 512},
@@ -204,7 +206,7 @@ TRAINING_RUNS = {
         ('runlocal', {'model.channels': (8, 16), 'model.hidden_size': 16,
                       'num_train_steps': 4, 'steps_per_dispatch': 2}),
         # pretrained= fine-tunes an MAE's encoder in mae_test.py.
-        ('vit,patch=7,cls,runlocal', {'num_train_steps': 4,
+        ('vit,patch=7,cls,layer_decay=0.5,runlocal', {'num_train_steps': 4,
                                       'steps_per_dispatch': 2}),
     ],
     # pixelcnn_prior trains on a VQ-VAE's workdir in pixelcnn_prior_test.py.

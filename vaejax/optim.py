@@ -1,6 +1,10 @@
 """Optimisers and learning-rate schedules from the config, all optax."""
+import re
+
+import jax
 import optax
 
+from vaejax import errors
 from vaejax import registry
 
 
@@ -37,17 +41,76 @@ OPTIMIZERS = registry.Registry('optimizer', {
 }, 'config.optimizer.name')
 
 
+# A transformer's blocks are the parameter groups named block<i>; before
+# them come the embeddings (layer 0), after them the rest (the last layer).
+BLOCK = re.compile(r'block(\d+)')
+EMBEDDINGS = ('patch_embed', 'class_token')
+AFTER = -1
+
+
+def layer_decay_multipliers(params, decay):
+  """Per-parameter learning-rate factors of layer-wise decay (BEiT; MAE
+  fine-tuning): with L blocks, block i gets decay ** (L - i), the
+  embeddings decay ** (L + 1), everything after the blocks (final norm,
+  head) 1.
+
+  Raises:
+    errors.ConfigError: `params` hold no block<i>.
+  """
+  def layer(path):
+    names = [getattr(entry, 'key', str(entry)) for entry in path]
+    for name in names:
+      match = BLOCK.fullmatch(str(name))
+      if match:
+        return int(match.group(1)) + 1
+    return 0 if any(name in EMBEDDINGS for name in names) else AFTER
+
+  layers = jax.tree_util.tree_map_with_path(lambda path, _: layer(path),
+                                            params)
+  blocks = [l for l in jax.tree.leaves(layers) if l > 0]
+  if not blocks:
+    raise errors.ConfigError(
+        f'config.optimizer.layer_decay={decay} scales learning rates by '
+        f'transformer block (parameters under block<i>), and this model '
+        f'has none: set --config.optimizer.layer_decay=0 (off), or use it '
+        f'with a ViT (experiments/classifier.py:vit).')
+  top = max(blocks) + 1
+  return jax.tree.map(lambda l: decay ** (top - (top if l == AFTER else l)),
+                      layers)
+
+
+def scale_by_layer_decay(decay):
+  """Multiplies each parameter's update by its `layer_decay_multipliers`
+  factor: after AdamW's update (learning rate and weight decay included),
+  so a layer's factor scales its learning rate as a per-group lr would."""
+  def init(params):
+    layer_decay_multipliers(params, decay)  # the error before training
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    del params
+    factors = layer_decay_multipliers(updates, decay)
+    return jax.tree.map(lambda u, f: u * f, updates, factors), state
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(config, num_steps):
-  """optax chain: optional global-norm clipping, then the named optimiser.
+  """optax chain: optional global-norm clipping, the named optimiser, then
+  optional layer-wise learning-rate decay.
 
   Args:
     config: `config.optimizer` (`vaejax.configs.common.optimizer`): name,
       learning_rate, schedule, warmup_steps, end_learning_rate,
-      grad_clip_norm (0 = off) and the optimisers' knobs.
+      grad_clip_norm (0 = off), layer_decay (0 = off) and the optimisers'
+      knobs.
     num_steps: total train steps (for decaying schedules).
   """
   schedule = SCHEDULES.get(config.schedule)(config, num_steps)
   optimizer = OPTIMIZERS.get(config.name)(schedule, config)
+  if config.get('layer_decay'):
+    optimizer = optax.chain(optimizer,
+                            scale_by_layer_decay(config.layer_decay))
   clip = config.grad_clip_norm
   if clip:
     optimizer = optax.chain(optax.clip_by_global_norm(clip), optimizer)

@@ -115,7 +115,11 @@ def optimizer(**overrides):
       b1=0.9, b2=0.999, weight_decay=1e-4, momentum=0.9,
       # > 0: skip steps whose gradient norm is above this (VDVAE); counted
       # as train/skipped_updates.
-      skip_update_above_grad_norm=0.0))
+      skip_update_above_grad_norm=0.0,
+      # > 0: layer-wise learning-rate decay of a ViT's blocks (BEiT, MAE
+      # fine-tuning): block i of L learns at layer_decay ** (L - i) times
+      # the rate, the embeddings at layer_decay ** (L + 1), the head at 1.
+      layer_decay=0.0))
   block.update(overrides)
   return block
 
@@ -263,6 +267,7 @@ SAVED_CONFIG_DEFAULTS = {
     'optimizer.weight_decay': 1e-4,
     'optimizer.momentum': 0.9,
     'optimizer.skip_update_above_grad_norm': 0.0,
+    'optimizer.layer_decay': 0.0,
     'eval.split': 'test',
     'eval.quick_examples': 2000,
     'eval.max_examples': None,
@@ -338,6 +343,7 @@ RANGES = {
     'end_learning_rate': NON_NEGATIVE, 'grad_clip_norm': NON_NEGATIVE,
     'b1': UNIT_INTERVAL, 'b2': UNIT_INTERVAL, 'momentum': UNIT_INTERVAL,
     'weight_decay': NON_NEGATIVE, 'skip_update_above_grad_norm': NON_NEGATIVE,
+    'layer_decay': UNIT_INTERVAL,
     'quick_examples': POSITIVE, 'max_examples': POSITIVE,
     'iwae_chunk': POSITIVE, 'iwae_batch_size': POSITIVE,
     'probe_train_examples': POSITIVE, 'pixel_pca_dims': POSITIVE,
