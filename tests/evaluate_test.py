@@ -177,3 +177,29 @@ def test_validation_split_of_a_run_without_one_says_to_retrain(
   assert_clean_failure(result, 'this run has none',
                        'config.data.validation_size=0',
                        'Train a new run with --config.data.validation_size=N')
+
+
+def test_max_examples_evaluates_the_first_n_and_names_its_file(
+    trained_workdir, command_run):
+  del command_run  # Its evaluation of all 64 test images is compared to.
+  with open(os.path.join(trained_workdir, 'eval',
+                         f'evaluation_step10_test_k{NUM_SAMPLES}.json')) as f:
+    full = json.load(f)
+  assert full['eval_examples'] == 64
+  # All of them, asked for by number: the same numbers, in its own file.
+  everything = evaluate.evaluate_checkpoint(
+      trained_workdir, NUM_SAMPLES, extras=ALL_EXTRAS, max_examples=64)
+  assert everything['metrics_path'].endswith(
+      f'evaluation_step10_test_k{NUM_SAMPLES}_n64.json')
+  for name in ('nll_iwae', 'nll_elbo', 'probe_accuracy_latent'):
+    assert everything['metrics'][name] == full[name], name
+  result = run_evaluate('--workdir', trained_workdir, '--k', '5',
+                        '--extras', 'iwae', '--max_examples', '16')
+  assert result.returncode == 0, result.stderr
+  path = os.path.join(trained_workdir, 'eval',
+                      'evaluation_step10_test_k5_n16.json')
+  assert path in result.stdout
+  with open(path) as f:
+    first_16 = json.load(f)
+  assert first_16['eval_examples'] == 16
+  assert first_16['nll_iwae'] != full['nll_iwae']

@@ -1,11 +1,11 @@
 """Evaluation of a trained model: likelihoods, diagnostics, probes, pictures.
 
   python -m vaejax.evaluate --workdir W [--k 5000] [--split test|validation]
-      [--extras iwae,diagnostics,linear_probe,clustering]
+      [--extras iwae,diagnostics,linear_probe,clustering] [--max_examples N]
 
 loads W/config.json and the latest checkpoint in W/checkpoints, evaluates it
-on the held-out split and writes W/eval/evaluation_step<S>_<split>[_k<k>].json
-(never overwritten by another step, split or k), a copy of it as
+on the held-out split and writes W/eval/evaluation_step<S>_<split>[_k<k>][_n<N>].json
+(never overwritten by another step, split, k or number of examples), a copy of it as
 W/eval/evaluation.json (the latest run of this command; the train loop's own
 final numbers stay in W/eval/metrics.json), PNGs in W/images/, and the same
 scalars and images to TensorBoard under W/tensorboard/evaluate.
@@ -28,9 +28,12 @@ from vaejax import stages
 from vaejax import workdir as workdir_lib
 
 
-def _override_eval_config(config, iwae_samples, split, extras):
+def _override_eval_config(config, iwae_samples, split, extras,
+                          max_examples=None):
   """Applies the command's choices to the loaded `config.eval`."""
   eval_config = config.eval
+  if max_examples is not None:
+    eval_config.max_examples = max_examples
   if split is not None:
     eval_config.split = split
   if extras is not None:
@@ -53,7 +56,8 @@ def _override_eval_config(config, iwae_samples, split, extras):
           f'{eval_config.iwae_chunk}.')
 
 
-def evaluate_checkpoint(workdir, iwae_samples=None, split=None, extras=None):
+def evaluate_checkpoint(workdir, iwae_samples=None, split=None, extras=None,
+                        max_examples=None):
   """Evaluates the latest checkpoint in `workdir` with its saved config.
 
   Args:
@@ -61,12 +65,15 @@ def evaluate_checkpoint(workdir, iwae_samples=None, split=None, extras=None):
     iwae_samples: k of the IWAE estimate; default `config.eval.iwae_samples`.
     split: 'test' or 'validation'; default `config.eval.split`.
     extras: names in `evaluators.EVALUATIONS`; default `config.eval.extras`.
+    max_examples: evaluate the split's first N examples (a cheaper IWAE
+      estimate of a large model); default `config.eval.max_examples` (None:
+      all of them).
 
   Returns:
     {'step', 'metrics', 'metrics_path', 'figure_paths' {name: PNG path}}.
   """
   config = workdir_lib.load_config(workdir)
-  _override_eval_config(config, iwae_samples, split, extras)
+  _override_eval_config(config, iwae_samples, split, extras, max_examples)
   trained = stages.restore(workdir, config)
   evaluator = evaluators.build(trained.exp, stages.trained_features)
   state, step = trained.evaluated_state, trained.step
@@ -76,6 +83,8 @@ def evaluate_checkpoint(workdir, iwae_samples=None, split=None, extras=None):
   name = f'evaluation_step{step}_{eval_config.split}'
   if 'iwae' in eval_config.extras:
     name += f'_k{eval_config.iwae_samples}'
+  if max_examples is not None:
+    name += f'_n{metrics["eval_examples"]}'
   metrics_path = workdir_lib.write_metrics_json(workdir, step, metrics,
                                                 f'{name}.json')
   workdir_lib.write_metrics_json(workdir, step, metrics,
@@ -106,6 +115,10 @@ def define_flags():
   flags.DEFINE_list(
       'extras', None, 'Evaluations to run, e.g. iwae,diagnostics,linear_probe,'
       'clustering (default: config.eval.extras).')
+  flags.DEFINE_integer(
+      'max_examples', None, 'Evaluate only the first N examples of the split '
+      '(default: config.eval.max_examples, or all of them); the output file '
+      'name ends in _n<N>.', lower_bound=1)
   flags.mark_flags_as_required(['workdir'])
 
 
@@ -115,7 +128,7 @@ def main(argv):
   options = flags.FLAGS
   try:
     result = evaluate_checkpoint(options.workdir, options.k, options.split,
-                                 options.extras)
+                                 options.extras, options.max_examples)
   except (errors.UserError, data_lib.DataError) as e:
     cli.fail(str(e))
   print(f'Step {result["step"]}: wrote {result["metrics_path"]}')
