@@ -65,7 +65,8 @@ def max_abs_difference(a, b):
 def optimizer_config(**fields):
   config = dict(name='sgd', learning_rate=0.1, schedule='constant',
                 warmup_steps=0, end_learning_rate=0.0, grad_clip_norm=0.0,
-                momentum=0.0, b1=0.9, b2=0.999, weight_decay=0.0)
+                momentum=0.0, b1=0.9, b2=0.999, weight_decay=0.0,
+                layer_decay=0.0)
   return ml_collections.ConfigDict({**config, **fields})
 
 

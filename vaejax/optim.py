@@ -108,7 +108,7 @@ def make_optimizer(config, num_steps):
   """
   schedule = SCHEDULES.get(config.schedule)(config, num_steps)
   optimizer = OPTIMIZERS.get(config.name)(schedule, config)
-  if config.get('layer_decay'):
+  if config.layer_decay:
     optimizer = optax.chain(optimizer,
                             scale_by_layer_decay(config.layer_decay))
   clip = config.grad_clip_norm
