@@ -93,6 +93,10 @@ def get_config(arg=None):
     config.optimizer.grad_clip_norm = 200.0
     config.optimizer.skip_update_above_grad_norm = 3000.0
     config.objective.kl_warmup_steps = 0
+    # 100 images x 100 samples of the conv model at once took 19 GB: draw
+    # 10 x 50 at a time (about 1 GB).
+    config.eval.iwae_batch_size = 10
+    config.eval.iwae_chunk = 50
   if cifar10:
     cifar10_protocol(config)
   if 'ema' in variants:
