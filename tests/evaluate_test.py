@@ -188,10 +188,10 @@ def test_max_examples_evaluates_the_first_n_and_names_its_file(
   assert full['eval_examples'] == 64
   # All of them, asked for by number: the same numbers, in its own file.
   everything = evaluate.evaluate_checkpoint(
-      trained_workdir, NUM_SAMPLES, extras=ALL_EXTRAS, max_examples=64)
+      trained_workdir, NUM_SAMPLES, extras=('iwae',), max_examples=64)
   assert everything['metrics_path'].endswith(
       f'evaluation_step10_test_k{NUM_SAMPLES}_n64.json')
-  for name in ('nll_iwae', 'nll_elbo', 'probe_accuracy_latent'):
+  for name in ('nll_iwae', 'nll_elbo', 'kl'):
     assert everything['metrics'][name] == full[name], name
   result = run_evaluate('--workdir', trained_workdir, '--k', '5',
                         '--extras', 'iwae', '--max_examples', '16')
