@@ -15,8 +15,8 @@ Variants, comma-separated after a colon and combinable:
                channels at 7x7, then 2 at 14x14, width 64, with gradient
                clipping and update skipping and no KL warm-up (VDVAE: under
                the 100-epoch warm-up the unpenalised KL grew to thousands
-               of nats within 60 steps and its gradient then exceeded any
-               skip threshold); hours on a 2-core CPU
+               of nats within 60 steps, its gradient norms passed 1000 and
+               every update was skipped); hours on a 2-core CPU
   dlm          8-bit grey levels (x = pixel / 255) under a discretised
                logistic mixture of 10 components per pixel (PixelCNN++)
                instead of binarised images and a Bernoulli decoder; the
@@ -93,8 +93,8 @@ def get_config(arg=None):
     config.optimizer.grad_clip_norm = 200.0
     config.optimizer.skip_update_above_grad_norm = 3000.0
     config.objective.kl_warmup_steps = 0
-    # 100 images x 100 samples of the conv model at once took 19 GB: draw
-    # 10 x 50 at a time (about 1 GB).
+    # 100 images x 100 samples of the conv model at once took 19 GB (and
+    # were killed); 10 x 50 at a time ran in 0.8 GB.
     config.eval.iwae_batch_size = 10
     config.eval.iwae_chunk = 50
   if cifar10:
