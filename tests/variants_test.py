@@ -44,6 +44,7 @@ VARIANT_CONFIGS = {
     ('hvae', 'free_bits=0.1'): {'objective.free_bits': 0.1},
     ('hvae', 'ema=0.99'): {'ema_decay': 0.99},
     ('hvae', 'runlocal'): {'num_train_steps': 20, 'eval.iwae_samples': 50,
+                           'eval.iwae_chunk': 25,
                            'early_stopping_patience': 0},
     ('ae', 'loss=mae'): {'objective.loss': 'mae'},
     ('ae', 'loss=bce'): {'objective.loss': 'bce',
