@@ -95,6 +95,25 @@ def test_a_curve_keeps_each_periodic_evaluation_once(logged_run):
     curves.periodic_evaluations(logged_run, 'accuracy')
 
 
+def test_a_run_with_early_stopping_keeps_its_last_steps_validation(tmp_path):
+  """With early stopping the loop validates the last step too (a candidate
+  for the best variables); its final evaluation is under final/."""
+  workdir = str(tmp_path / 'run')
+  os.makedirs(workdir)
+  config = loading.load_config('experiments/vae.py:runlocal')
+  config.eval_every, config.num_train_steps = 10, 20
+  config.early_stopping_patience, config.data.validation_size = 5, 100
+  workdir_lib.save_config(workdir, config)
+  writer = metric_writers.MetricWriter(workdir_lib.tensorboard_dir(workdir))
+  writer.write_scalars(10, {'eval/nll_elbo': 300.0})
+  writer.write_scalars(20, {'eval/nll_elbo': 290.0})
+  writer.write_scalars(20, {'final/nll_elbo': 295.0})
+  writer.close()
+  steps, values = curves.periodic_evaluations(workdir, 'nll_elbo')
+  np.testing.assert_array_equal(steps, [10, 20])
+  np.testing.assert_array_equal(values, [300.0, 290.0])
+
+
 def test_bad_choices_are_refused_before_a_picture_is_written(logged_run):
   out = os.path.join(logged_run, 'curve.png')
   with pytest.raises(errors.ConfigError, match='expected NAME=VALUE'):

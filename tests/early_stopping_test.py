@@ -200,3 +200,28 @@ def test_paper_variant_is_the_published_protocol():
   # epoch each.
   assert config.objective.kl_warmup_steps == 100 * 500
   assert config.eval_every == 500 and config.early_stopping_patience == 50
+
+
+def test_the_last_step_is_validated_as_a_candidate_for_the_best(
+    tiny_data_dir, tmp_path):
+  """A run that trains all its steps validates its last variables too (when
+  the last step is an evaluation step): they can be the best, and the final
+  evaluation then uses them, not those of the evaluation before."""
+  config = tiny_config(tiny_data_dir, **{
+      **EARLY_STOPPING, 'early_stopping_patience': 100,
+      'num_train_steps': 20, 'optimizer.learning_rate': 1e-3})
+  workdir = str(tmp_path / 'all_steps')
+  result = train.train_and_evaluate(config, workdir)
+  state = result['state']
+  assert int(state['step']) == 20
+  periodic, final = _validation_losses(workdir)
+  assert sorted(periodic) == [10, 20]
+  best_step = min(periodic, key=periodic.get)
+  assert result['metrics']['best_step'] == best_step
+  assert int(state['early_stopping']['step']) == best_step
+  # At this small learning rate the validation loss still falls: the last
+  # variables are the best, and the final evaluation is of them.
+  assert best_step == 20, periodic
+  assert _leaves_equal(experiment.best_state(state)['params'],
+                       state['params'])
+  assert final.step == 20

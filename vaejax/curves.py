@@ -17,8 +17,10 @@ logged apart, under `final/<metric>`, and is not drawn. A resumed run logs
 some steps twice (from its checkpoint on), and runs trained before the
 `final/` tag logged their final evaluation under `eval/` too (at an
 early-stopping step, after the periodic one). So a curve keeps the first
-value logged at each multiple of `eval_every` below `num_train_steps`: the
-periodic evaluations, each once.
+value logged at each multiple of `eval_every` below `num_train_steps`, and
+at `num_train_steps` too for a run with early stopping (its last variables
+are validated there as a candidate for the best): the periodic evaluations,
+each once.
 """
 import logging
 import os
@@ -57,7 +59,8 @@ def periodic_evaluations(workdir, metric):
   first = {}
   for event in events.Scalars(tag):
     if (event.step % config.eval_every == 0
-        and event.step < config.num_train_steps):
+        and (event.step < config.num_train_steps
+             or config.early_stopping_patience)):
       first.setdefault(event.step, event.value)
   if not first:
     raise errors.UserError(

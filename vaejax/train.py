@@ -250,8 +250,12 @@ def train_steps(exp, state, manager, writer, evaluator, workdir):
           scalars.update(progress.report(step, scalars))
           writer.write_scalars(step,
                                {f'train/{k}': v for k, v in scalars.items()})
+        # The last step's periodic evaluation is the final one's work when
+        # it would be of the same variables on the same split; with a
+        # validation split (early stopping) it is not, and the last
+        # variables must be a candidate for the best.
         if (config.eval_every and step % config.eval_every == 0
-            and step < num_steps):
+            and (step < num_steps or 'early_stopping' in state)):
           eval_metrics = evaluator.evaluate(state, step, quick=True)
           writer.write_scalars(step, {f'eval/{k}': v
                                       for k, v in eval_metrics.items()})
