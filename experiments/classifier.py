@@ -27,6 +27,10 @@ Variants, comma-separated after a colon and combinable:
                block i of the L blocks learns at d ** (L - i) times the
                rate, the patch embedding at d ** (L + 1), the head at 1
                (a ViT only; MAE fine-tunes ViT-B with 0.65, ViT-L with 0.75)
+  drop_path=<r>  stochastic depth (a ViT only; DeiT, MAE fine-tuning): in
+               training, each example skips block i's attention and MLP
+               branches with probability r * i / (L - 1) each, the kept
+               ones scaled by the inverse (default 0.1, MAE's for ViT-B)
   mnist        MNIST instead of Fashion-MNIST
   epochs=<n>   train for n epochs (of 60,000 / 128 steps)
   runlocal     a few steps on a small evaluation: finishes in seconds
@@ -41,7 +45,7 @@ from vaejax import errors
 from vaejax.configs import common
 
 KNOWN_VARIANTS = ('mlp', 'vit', 'pretrained', 'patch', 'cls', 'layer_decay',
-                  'mnist', 'epochs', 'runlocal')
+                  'drop_path', 'mnist', 'epochs', 'runlocal')
 
 MODELS = {'mlp': 'mlp_classifier', 'vit': 'vit_classifier'}
 
@@ -72,6 +76,9 @@ def get_config(arg=None):
       # vit_classifier: the encoder keys of experiments/mae.py.
       **common.vit_encoder(variants),
       dropout_rate=0.3,
+      # vit_classifier: stochastic depth, the last block's branches dropped
+      # with this probability in training (0 at the first; linear between).
+      drop_path_rate=0.0,
       conv_impl='auto',  # how convolutions run; see experiments/vae.py
       image_shape=config_dict.placeholder(tuple)))
   config.objective = ml_collections.ConfigDict(dict(
@@ -93,6 +100,9 @@ def get_config(arg=None):
   if 'layer_decay' in variants:
     config.optimizer.layer_decay = common.variant_value(
         variants, 'layer_decay', 0.75)
+  if 'drop_path' in variants:
+    config.model.drop_path_rate = common.variant_value(
+        variants, 'drop_path', 0.1)
   if 'pretrained' in variants:
     config.init_from = common.variant_value(variants, 'pretrained', '')
     if not config.init_from:

@@ -18,6 +18,7 @@ from vaejax import stages
 from vaejax import train
 from vaejax.configs import loading
 from vaejax.data import patches as patch_lib
+from vaejax.models import classifier as classifier_models
 from vaejax.models import mae
 from vaejax.objectives import mae as mae_objective
 from vaejax.objectives import likelihoods
@@ -288,3 +289,84 @@ def test_one_and_eight_devices_agree(tiny_data_dir, tmp_path):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
                                atol=1e-6)
   np.testing.assert_allclose(one['loss'], eight['loss'], rtol=1e-5)
+
+
+def test_drop_path_scales_follow_the_linear_rates():
+  """Block i's branches are dropped with probability rate * i / (L - 1),
+  the kept ones scaled by 1 / (1 - that): each multiplier has mean 1; an
+  example's draws depend on its own key only."""
+  keys = jax.random.split(jax.random.key(3), 20_000)
+  scales = np.asarray(mae.drop_path_scales(keys, 4, 0.3))
+  assert scales.shape == (20_000, 4, 2)
+  rates = np.array([0.0, 0.1, 0.2, 0.3])
+  for i, rate in enumerate(rates):
+    kept = 1.0 / (1.0 - rate)
+    np.testing.assert_allclose(
+        np.unique(scales[:, i]), [kept] if rate == 0 else [0.0, kept],
+        rtol=1e-6)
+    dropped = np.mean(scales[:, i] == 0.0, axis=0)
+    sigma = np.sqrt(rate * (1 - rate) / len(keys))
+    np.testing.assert_array_less(np.abs(dropped - rate), 5 * sigma + 1e-9)
+  # The attention and MLP branches are drawn apart.
+  assert np.mean((scales[:, 3, 0] == 0) != (scales[:, 3, 1] == 0)) > 0.3
+  np.testing.assert_array_equal(
+      np.asarray(mae.drop_path_scales(keys[:5], 4, 0.3)), scales[:5])
+
+
+def test_a_dropped_branch_adds_nothing_and_a_kept_one_is_scaled():
+  block = mae.TransformerBlock(num_heads=2)
+  x = jax.random.normal(jax.random.key(0), (3, 5, 8))
+  variables = block.init(jax.random.key(1), x)
+  full = block.apply(variables, x)
+  np.testing.assert_array_equal(
+      np.asarray(block.apply(variables, x, jnp.ones((3, 2)))),
+      np.asarray(full))
+  np.testing.assert_array_equal(
+      np.asarray(block.apply(variables, x, jnp.zeros((3, 2)))),
+      np.asarray(x))
+  # The attention branch alone, scaled: x + a * attention(x).
+  attention = block.apply(variables, x, jnp.array([[1.0, 0.0]] * 3)) - x
+  scaled = block.apply(variables, x, jnp.array([[2.5, 0.0]] * 3)) - x
+  np.testing.assert_allclose(scaled, 2.5 * attention, rtol=1e-5, atol=1e-6)
+  # Per example: example 0 skips the block, the others run it whole.
+  mixed = block.apply(variables, x, jnp.array([[0.0, 0.0], [1, 1], [1, 1]]))
+  np.testing.assert_array_equal(np.asarray(mixed[0]), np.asarray(x[0]))
+  np.testing.assert_allclose(mixed[1:], full[1:], rtol=1e-6, atol=1e-6)
+
+
+def _vit_classifier(drop_path_rate):
+  config = loading.load_config(
+      'experiments/classifier.py:vit,runlocal').model
+  config.drop_path_rate = drop_path_rate
+  config.dropout_rate = 0.0
+  return classifier_models.vit_classifier(config, SHAPE, None).model
+
+
+def test_drop_path_is_on_in_training_only_and_off_at_rate_zero():
+  x = jax.random.uniform(jax.random.key(1), (6, *SHAPE))
+  keys = jax.random.split(jax.random.key(2), 6)
+  plain, dropping = _vit_classifier(0.0), _vit_classifier(0.5)
+  variables = plain.init(jax.random.key(0), x)
+  reference = plain.apply(variables, x)
+  # Rate 0 with keys: the same numbers as before drop path existed (the
+  # keys go to dropout only); rate 0.5 without keys (evaluation): no drop.
+  np.testing.assert_array_equal(
+      np.asarray(plain.apply(variables, x, keys)), np.asarray(reference))
+  np.testing.assert_array_equal(
+      np.asarray(dropping.apply(variables, x)), np.asarray(reference))
+  trained = np.asarray(dropping.apply(variables, x, keys))
+  assert not np.allclose(trained, np.asarray(reference), atol=1e-4)
+  # Example b's logits depend on its own key only.
+  np.testing.assert_allclose(
+      np.asarray(dropping.apply(variables, x[:2], keys[:2])), trained[:2],
+      rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('model', ['cnn_classifier', 'mlp_classifier'])
+def test_drop_path_on_a_model_without_blocks_is_a_config_error(model):
+  config = loading.load_config('experiments/classifier.py:runlocal').model
+  config.drop_path_rate = 0.1
+  builder = getattr(classifier_models, model)
+  with pytest.raises(errors.ConfigError,
+                     match=rf'drop_path_rate=0.1 .* {model} has none'):
+    builder(config, SHAPE, None)

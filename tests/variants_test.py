@@ -100,6 +100,8 @@ VARIANT_CONFIGS = {
     ('classifier', 'vit,cls'): {'model.class_token': True},
     ('classifier', 'vit,layer_decay'): {'optimizer.layer_decay': 0.75},
     ('classifier', 'vit,layer_decay=0.5'): {'optimizer.layer_decay': 0.5},
+    ('classifier', 'vit,drop_path'): {'model.drop_path_rate': 0.1},
+    ('classifier', 'vit,drop_path=0.2'): {'model.drop_path_rate': 0.2},
     ('vqvae', 'binarized'): {'data.transform': 'dynamic_binarize',
                              'objective.likelihood': 'bernoulli'},
     ('vqvae', 'k512'): {'model.num_codes': 512},
@@ -211,6 +213,8 @@ TRAINING_RUNS = {
         # pretrained= fine-tunes an MAE's encoder in mae_test.py.
         ('vit,patch=7,cls,layer_decay=0.5,runlocal', {'num_train_steps': 4,
                                       'steps_per_dispatch': 2}),
+        ('vit,drop_path=0.2,runlocal', {'num_train_steps': 4,
+                                        'steps_per_dispatch': 2}),
     ],
     # pixelcnn_prior trains on a VQ-VAE's workdir in pixelcnn_prior_test.py.
     'vqvae': [

@@ -255,6 +255,7 @@ SAVED_CONFIG_DEFAULTS = {
     'model.conv_impl': 'auto',
     'model.gated': False,
     'model.logvar_range': None,
+    'model.drop_path_rate': 0.0,
     'objective.likelihood_scale': 0.1,
     'objective.min_log_scale': -7.0,
     'objective.num_mixtures': 10,
@@ -355,7 +356,8 @@ RANGES = {
     'mask_ratio': UNIT_INTERVAL,
     # 0 for an unconditional prior; a classifier checks it is at least 2.
     'num_classes': NON_NEGATIVE, 'convs_per_stage': POSITIVE,
-    'dropout_rate': UNIT_INTERVAL, 'label_smoothing': UNIT_INTERVAL,
+    'dropout_rate': UNIT_INTERVAL, 'drop_path_rate': UNIT_INTERVAL,
+    'label_smoothing': UNIT_INTERVAL,
     'augment_pad': NON_NEGATIVE,
     'sample_quality_samples': POSITIVE, 'kid_subsets': POSITIVE,
     'kid_subset_size': POSITIVE, 'precision_recall_k': POSITIVE,

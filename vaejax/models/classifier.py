@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from vaejax import errors
+from vaejax import prng
 from vaejax.models import convolutions
 from vaejax.models import family
 from vaejax.models import mae
@@ -107,7 +108,9 @@ class ViTClassifier(nn.Module):
   """A ViT (`mae.ViTEncoder`, parameters under `encoder`, the same as a
   masked autoencoder's, so `config.init_from` can start it from one) on
   every patch -> mean token or class token (the features) -> dropout ->
-  logits."""
+  logits. With the encoder's `drop_path_rate` > 0, training (keys given)
+  also drops its blocks' branches: each example's key splits into a
+  stochastic-depth key and a dropout key."""
   encoder: nn.Module
   num_classes: int
   dropout_rate: float = 0.0
@@ -115,11 +118,17 @@ class ViTClassifier(nn.Module):
   def setup(self):
     self.logits = nn.Dense(self.num_classes, name='logits')
 
-  def features(self, x):
-    return mae.pooled(self.encoder(x), self.encoder.class_token)
+  def features(self, x, drop_path_keys=None):
+    return mae.pooled(self.encoder(x, drop_path_keys=drop_path_keys),
+                      self.encoder.class_token)
 
   def __call__(self, x, dropout_keys=None):
-    return logits_of_features(self, x, dropout_keys)
+    if dropout_keys is None or not self.encoder.drop_path_rate:
+      return logits_of_features(self, x, dropout_keys)
+    drop_path_keys, dropout_keys = prng.split_per_example(dropout_keys, 2)
+    h = dropout(dropout_keys, self.features(x, drop_path_keys),
+                self.dropout_rate)
+    return self.logits(h)
 
 
 class ClassifierFamily(family.Family):
@@ -162,8 +171,17 @@ def _check_classes(config):
         f'config.model.dropout_rate={config.dropout_rate} must be in [0, 1).')
 
 
+def _check_no_drop_path(config, name):
+  if config.drop_path_rate:
+    raise errors.ConfigError(
+        f'config.model.drop_path_rate={config.drop_path_rate} drops '
+        f'transformer blocks, and {name} has none: set it to 0, or use the '
+        f'ViT (experiments/classifier.py:vit,drop_path=<r>).')
+
+
 def cnn_classifier(config, image_shape, likelihood):
   _check_classes(config)
+  _check_no_drop_path(config, 'cnn_classifier')
   channels = tuple(config.channels)
   scale = 2 ** len(channels)
   if len(image_shape) != 3 or min(image_shape[:2]) < scale:
@@ -183,6 +201,7 @@ def cnn_classifier(config, image_shape, likelihood):
 def mlp_classifier(config, image_shape, likelihood):
   del image_shape
   _check_classes(config)
+  _check_no_drop_path(config, 'mlp_classifier')
   model = MLPClassifier(hidden_sizes=tuple(config.hidden_sizes),
                         num_classes=config.num_classes,
                         dropout_rate=config.dropout_rate)
@@ -200,7 +219,8 @@ def vit_classifier(config, image_shape, likelihood):
         f'config.model.embed_dim={config.embed_dim}: choose a divisor.')
   encoder = mae.ViTEncoder(
       tuple(image_shape), config.patch_size, config.embed_dim, config.depth,
-      config.num_heads, config.class_token)
+      config.num_heads, config.class_token,
+      drop_path_rate=config.drop_path_rate)
   model = ViTClassifier(encoder=encoder, num_classes=config.num_classes,
                         dropout_rate=config.dropout_rate)
   return ClassifierFamily(model, likelihood, 'vit_classifier')

@@ -89,38 +89,62 @@ def random_masking(keys, num_patches, mask_ratio):
   return shuffle[:, :kept], restore, mask
 
 
+def drop_path_scales(keys, depth, rate):
+  """Stochastic depth (Huang et al. 2016) as ViTs are fine-tuned with it
+  (DeiT, MAE): [B] keys -> [B, depth, 2] multipliers of each block's
+  attention and MLP branches, each 0 with probability r_i and 1 / (1 - r_i)
+  otherwise (so its expectation is 1), r_i growing linearly from 0 at the
+  first block to `rate` at the last; example b's drawn from keys[b]."""
+  rates = jnp.linspace(0.0, rate, depth)[:, None]
+
+  def one(key):
+    keep = jax.random.uniform(key, (depth, 2)) >= rates
+    return jnp.where(keep, 1.0 / (1.0 - rates), 0.0)
+
+  return jax.vmap(one)(keys)
+
+
 class TransformerBlock(nn.Module):
   """Pre-norm block: x + MHA(LN(x)), then x + MLP(LN(x)) (GELU, 4x)."""
   num_heads: int
   mlp_ratio: int = 4
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, scales: Optional[jax.Array] = None):
+    """`scales` [B, 2] (`drop_path_scales`): multipliers of each example's
+    attention and MLP branches; None: both 1."""
     width = x.shape[-1]
     h = nn.LayerNorm(name='norm1')(x)
-    x = x + nn.MultiHeadDotProductAttention(
+    h = nn.MultiHeadDotProductAttention(
         num_heads=self.num_heads, name='attention')(h, h)
+    x = x + (h if scales is None else h * scales[:, 0, None, None])
     h = nn.LayerNorm(name='norm2')(x)
     h = nn.Dense(self.mlp_ratio * width, name='mlp_in')(h)
-    return x + nn.Dense(width, name='mlp_out')(nn.gelu(h))
+    h = nn.Dense(width, name='mlp_out')(nn.gelu(h))
+    return x + (h if scales is None else h * scales[:, 1, None, None])
 
 
 class ViTEncoder(nn.Module):
   """A ViT on (a subset of) the patches of an image: patch embedding plus
   fixed sin-cos positions, an optional class token (position embedding
   zero, as in MAE), pre-norm blocks, a final LayerNorm. The MAE's encoder,
-  and the backbone a classifier fine-tunes (parameters under `encoder`)."""
+  and the backbone a classifier fine-tunes (parameters under `encoder`).
+  With `drop_path_rate` > 0 and keys, the blocks' branches are dropped per
+  example (`drop_path_scales`; training only)."""
   image_shape: tuple
   patch_size: int
   embed_dim: int
   depth: int
   num_heads: int
   class_token: bool = False
+  drop_path_rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x, keep: Optional[jax.Array] = None):
+  def __call__(self, x, keep: Optional[jax.Array] = None,
+               drop_path_keys: Optional[jax.Array] = None):
     """Tokens [B, K (+1), embed_dim] of the patches `keep` [B, K] (every
-    patch when None), the class token first when there is one."""
+    patch when None), the class token first when there is one;
+    `drop_path_keys` [B]: one key per example for stochastic depth."""
     rows, columns = patch_grid(self.image_shape, self.patch_size)
     tokens = nn.Dense(self.embed_dim, name='patch_embed')(
         patch_lib.patchify(x, self.patch_size))
@@ -133,8 +157,13 @@ class ViTEncoder(nn.Module):
       tokens = jnp.concatenate(
           [jnp.broadcast_to(cls, (tokens.shape[0], 1, self.embed_dim)),
            tokens], axis=1)
+    scales = None
+    if drop_path_keys is not None and self.drop_path_rate:
+      scales = drop_path_scales(drop_path_keys, self.depth,
+                                self.drop_path_rate)
     for i in range(self.depth):
-      tokens = TransformerBlock(self.num_heads, name=f'block{i}')(tokens)
+      tokens = TransformerBlock(self.num_heads, name=f'block{i}')(
+          tokens, None if scales is None else scales[:, i])
     return nn.LayerNorm(name='norm')(tokens)
 
 
