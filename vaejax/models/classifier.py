@@ -42,10 +42,11 @@ def dropout(keys, h, rate):
   return jnp.where(keep, h / (1.0 - rate), 0.0)
 
 
-def logits_of_features(module, x, dropout_keys):
-  """A classifier's `__call__`: its features, dropped out when there are
-  keys, then its `logits` layer."""
-  h = module.features(x)
+def logits_of_features(module, x, dropout_keys, **feature_args):
+  """A classifier's `__call__`: its features (`module.features(x,
+  **feature_args)`), dropped out when there are keys, then its `logits`
+  layer."""
+  h = module.features(x, **feature_args)
   if dropout_keys is not None:
     h = dropout(dropout_keys, h, module.dropout_rate)
   return module.logits(h)
@@ -123,12 +124,11 @@ class ViTClassifier(nn.Module):
                       self.encoder.class_token)
 
   def __call__(self, x, dropout_keys=None):
-    if dropout_keys is None or not self.encoder.drop_path_rate:
-      return logits_of_features(self, x, dropout_keys)
-    drop_path_keys, dropout_keys = prng.split_per_example(dropout_keys, 2)
-    h = dropout(dropout_keys, self.features(x, drop_path_keys),
-                self.dropout_rate)
-    return self.logits(h)
+    drop_path_keys = None
+    if dropout_keys is not None and self.encoder.drop_path_rate:
+      drop_path_keys, dropout_keys = prng.split_per_example(dropout_keys, 2)
+    return logits_of_features(self, x, dropout_keys,
+                              drop_path_keys=drop_path_keys)
 
 
 class ClassifierFamily(family.Family):
