@@ -34,6 +34,12 @@ def test_flops_per_example_of_the_mlp_vae_match_its_matmuls():
   assert matmul_flops < flops < 1.1 * matmul_flops, (flops, matmul_flops)
 
 
+def test_union_length_counts_overlaps_once():
+  assert profiling._union_length([]) == 0
+  assert profiling._union_length([(0, 2), (1, 3), (5, 6), (5.5, 5.7)]) == 4
+  assert profiling._union_length([(4, 10), (0, 1), (2, 5)]) == 9
+
+
 def test_op_categories_finds_matmuls_random_ops_and_scopes():
   def step(x, w, key):
     with jax.named_scope('inputs'):
@@ -78,15 +84,22 @@ def test_benchmark_prints_one_json_line_per_case_with_a_profile(tmp_path):
   assert 0.5 * ratio < vae['fraction_of_roofline'] < 2 * ratio
   profile = vae['profile']
   # The matmuls are the largest part of this model's step, and removing
-  # everything else could only make it faster.
+  # everything else could only make it faster. Compared with the profiled
+  # window's own wall time: the timed windows ran at another moment, and on
+  # a loaded machine (CI runs two test workers) the two rates differ by more
+  # than the non-matmul share of the step.
   assert profile['ms_per_step']['matmul'] == max(
       profile['ms_per_step'].values())
-  assert profile['matmul_bound_examples_per_s'] > vae['examples_per_s']
-  # The ops' times add up to no more than the step (the profiler's own
-  # overhead is in the wall time) and to most of it.
-  total = sum(profile['ms_per_step'].values())
-  assert 0.5 * profile['wall_ms_per_step'] < total
-  assert total < 1.05 * profile['wall_ms_per_step']
+  profiled_examples_per_s = (
+      vae['batch_size'] / profile['wall_ms_per_step'] * 1e3)
+  assert profile['matmul_bound_examples_per_s'] > profiled_examples_per_s
+  # The time in which some op ran is no more than the step (the profiler's
+  # own overhead is in the wall time) and most of it; the ops' times add up
+  # to at least that (they can overlap).
+  busy = profile['busy_ms_per_step']
+  assert 0.5 * profile['wall_ms_per_step'] < busy
+  assert busy < 1.05 * profile['wall_ms_per_step']
+  assert busy <= sum(profile['ms_per_step'].values()) + 0.01
   assert os.listdir(tmp_path / 'vae_mlp_784_400_20_b128')  # trace kept
   # Each slowest op names its shape, e.g. 'f32[128,400]{1,0} ...'.
   assert all(op[3].startswith(('f32', 'u32', 's32', 'pred', '('))

@@ -31,9 +31,11 @@ With --profile, one more window runs under `jax.profiler` and the line gains
 `profile` (vaejax/profiling.py): milliseconds per step spent in each kind of
 XLA op (matmul = dots and convolutions; random = PRNG hashing; collectives;
 then the rest by the train step's named scope: inputs, loss_and_gradient,
-metrics, optimizer), the slowest ops with their HLO shapes, and
-`matmul_bound_examples_per_s`, the rate if everything but the matmuls were
-free. --profile_dir keeps the trace (open it in Perfetto or TensorBoard).
+metrics, optimizer), the slowest ops with their HLO shapes,
+`busy_ms_per_step` (the time in which some op ran: XLA's CPU runtime runs
+independent ops concurrently, so the per-kind times can add up to more than
+the wall time) and `matmul_bound_examples_per_s`, the rate if everything but
+the matmuls were free. --profile_dir keeps the trace (open it in Perfetto or TensorBoard).
 """
 import ast
 import dataclasses
