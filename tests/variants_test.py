@@ -32,6 +32,7 @@ VARIANT_CONFIGS = {
                        'optimizer.skip_update_above_grad_norm': 3000.0,
                        'objective.kl_warmup_steps': 0,
                        'optimizer.learning_rate': 4e-3,
+                       'model.groups_per_scale': (4, 2),
                        'eval.iwae_batch_size': 10, 'eval.iwae_chunk': 50},
     ('hvae', 'dlm'): {'objective.likelihood': 'logistic_mixture',
                       'data.transform': 'scale'},
