@@ -15,11 +15,10 @@ Variants, comma-separated after a colon and combinable:
                channels at 7x7, then 2 at 14x14 (after 1000 steps 4.5 nats
                better than 2 + 2; 6 + 2 gained 0.7 more), width 64, with
                gradient clipping and update skipping and no KL warm-up
-               (VDVAE: under
-               the 100-epoch warm-up the unpenalised KL grew to thousands
-               of nats within 60 steps, its gradient norms passed 1000 and
-               every update was skipped), Adam 4e-3 (the best of 5e-4 to
-               4e-3 after 500 steps); hours on a 2-core CPU
+               (VDVAE: under the 100-epoch warm-up the unpenalised KL grew
+               to thousands of nats within 60 steps, its gradient norms
+               passed 1000 and every update was skipped), Adam 4e-3 (the
+               best of 5e-4 to 4e-3 after 500 steps); hours on a 2-core CPU
   dlm          8-bit grey levels (x = pixel / 255) under a discretised
                logistic mixture of 10 components per pixel (PixelCNN++)
                instead of binarised images and a Bernoulli decoder; the

@@ -35,7 +35,8 @@ metrics, optimizer), the slowest ops with their HLO shapes,
 `busy_ms_per_step` (the time in which some op ran: XLA's CPU runtime runs
 independent ops concurrently, so the per-kind times can add up to more than
 the wall time) and `matmul_bound_examples_per_s`, the rate if everything but
-the matmuls were free. --profile_dir keeps the trace (open it in Perfetto or TensorBoard).
+the matmuls were free. --profile_dir keeps the trace (open it in Perfetto
+or TensorBoard).
 """
 import ast
 import dataclasses
