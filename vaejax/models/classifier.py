@@ -21,8 +21,6 @@ pooling (VGG-style, Simonyan & Zisserman 2015; an odd size is floored, 7 ->
 from typing import Sequence
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 
 from vaejax import errors
 from vaejax import prng
@@ -32,23 +30,13 @@ from vaejax.models import mae
 from vaejax.models import vae
 
 
-def dropout(keys, h, rate):
-  """h with each value zeroed with probability `rate` and the rest scaled by
-  1 / (1 - rate); example i's mask from keys[i]."""
-  if not rate:
-    return h
-  keep = jax.vmap(
-      lambda key: jax.random.bernoulli(key, 1.0 - rate, h.shape[1:]))(keys)
-  return jnp.where(keep, h / (1.0 - rate), 0.0)
-
-
 def logits_of_features(module, x, dropout_keys, **feature_args):
   """A classifier's `__call__`: its features (`module.features(x,
   **feature_args)`), dropped out when there are keys, then its `logits`
   layer."""
   h = module.features(x, **feature_args)
   if dropout_keys is not None:
-    h = dropout(dropout_keys, h, module.dropout_rate)
+    h = mae.dropout(dropout_keys, h, module.dropout_rate)
   return module.logits(h)
 
 

@@ -89,6 +89,18 @@ def random_masking(keys, num_patches, mask_ratio):
   return shuffle[:, :kept], restore, mask
 
 
+def dropout(keys, h, rate):
+  """h with each value zeroed with probability `rate` (a number, or an array
+  broadcastable to one example's shape h.shape[1:]) and the rest scaled by
+  1 / (1 - rate); example i's mask from keys[i]. The classifiers' dropout
+  and, on a tensor of ones, stochastic depth's multipliers."""
+  if np.ndim(rate) == 0 and not rate:
+    return h
+  keep = jax.vmap(
+      lambda key: jax.random.bernoulli(key, 1.0 - rate, h.shape[1:]))(keys)
+  return jnp.where(keep, h / (1.0 - rate), 0.0)
+
+
 def drop_path_scales(keys, depth, rate):
   """Stochastic depth (Huang et al. 2016) as ViTs are fine-tuned with it
   (DeiT, MAE): [B] keys -> [B, depth, 2] multipliers of each block's
@@ -96,12 +108,7 @@ def drop_path_scales(keys, depth, rate):
   otherwise (so its expectation is 1), r_i growing linearly from 0 at the
   first block to `rate` at the last; example b's drawn from keys[b]."""
   rates = jnp.linspace(0.0, rate, depth)[:, None]
-
-  def one(key):
-    keep = jax.random.uniform(key, (depth, 2)) >= rates
-    return jnp.where(keep, 1.0 / (1.0 - rates), 0.0)
-
-  return jax.vmap(one)(keys)
+  return dropout(keys, jnp.ones((keys.shape[0], depth, 2)), rates)
 
 
 class TransformerBlock(nn.Module):
