@@ -124,6 +124,10 @@ def test_bad_choices_are_refused_before_a_picture_is_written(logged_run):
       curves.draw_curves([logged_run], 'nll_elbo', y_range=y_range, out=out)
   with pytest.raises(errors.ConfigError, match='one label per workdir'):
     curves.draw_curves([logged_run], 'nll_elbo', labels=['a', 'b'], out=out)
+  with pytest.raises(errors.ConfigError, match='one per workdir'):
+    curves.draw_curves([logged_run], 'nll_elbo', start_steps=[0, 5], out=out)
+  with pytest.raises(errors.ConfigError, match='at least 0'):
+    curves.draw_curves([logged_run], 'nll_elbo', start_steps=[-5], out=out)
   with pytest.raises(errors.UserError, match='does not exist'):
     curves.draw_curves([logged_run + '_missing'], 'nll_elbo', out=out)
   assert not os.path.exists(out)
@@ -133,10 +137,10 @@ def test_command_draws_and_prints_the_curve(logged_run):
   result = run_module('vaejax.curves', '--workdir', logged_run, '--metric',
                       'nll_elbo', '--steps_per_epoch', '10', '--reference',
                       'published=227.37', '--reference', 'other=228.7',
-                      '--y_range=220,320')
+                      '--y_range=220,320', '--start_step', '10')
   assert result.returncode == 0, result.stderr[-3000:]
-  assert ('run: 2 evaluations of nll_elbo, lowest 280 at step 20 (epoch 2), '
-          'highest 300 at step 10 (epoch 1), last 280 at step 20 (epoch 2)'
+  assert ('run: 2 evaluations of nll_elbo, lowest 280 at step 30 (epoch 3), '
+          'highest 300 at step 20 (epoch 2), last 280 at step 30 (epoch 3)'
           in result.stdout)
   path = os.path.join(logged_run, 'images', 'learning_curve_nll_elbo.png')
   assert f'wrote {path}' in result.stdout
@@ -144,3 +148,16 @@ def test_command_draws_and_prints_the_curve(logged_run):
   bad = run_module('vaejax.curves', '--workdir', logged_run, '--metric',
                    'kl')
   assert_clean_failure(bad, 'logged no eval/kl', 'pass one of them')
+
+
+def test_start_step_draws_a_continued_run_after_the_one_it_continues(
+    logged_run, tmp_path):
+  out = str(tmp_path / 'curve.png')
+  result = curves.draw_curves([logged_run, logged_run], 'nll_elbo',
+                              labels=['first', 'continued'],
+                              start_steps=[0, 40], out=out)
+  (_, first, values), (_, continued, same_values) = result['curves']
+  np.testing.assert_array_equal(first, [10, 20])
+  np.testing.assert_array_equal(continued, [50, 60])
+  np.testing.assert_array_equal(values, same_values)
+  assert os.path.exists(out)

@@ -1,8 +1,9 @@
 r"""Learning curves of training runs, read from their TensorBoard events.
 
   python -m vaejax.curves --workdir W [--workdir W2 ...] [--metric nll_elbo]
-      [--label NAME ...] [--steps_per_epoch N] [--reference NAME=VALUE ...]
-      [--y_range LOW,HIGH] [--title TEXT] [--out PNG]
+      [--label NAME ...] [--start_step N ...] [--steps_per_epoch N]
+      [--reference NAME=VALUE ...] [--y_range LOW,HIGH] [--title TEXT]
+      [--out PNG]
 
 draws the periodic evaluations of each run (`eval/<metric>`, logged every
 `config.eval_every` steps on the validation split when the run holds one
@@ -21,6 +22,11 @@ value logged at each multiple of `eval_every` below `num_train_steps`, and
 at `num_train_steps` too for a run with early stopping (its last variables
 are validated there as a candidate for the best): the periodic evaluations,
 each once.
+
+A run started from another's parameters (`config.init_from`) counts its
+steps from 0; `--start_step N` (one per --workdir) draws it from step N on,
+e.g. the step of the variables it started from, so that it continues the
+other's curve.
 """
 import logging
 import os
@@ -85,13 +91,23 @@ def parse_references(texts):
 
 
 def draw_curves(workdirs, metric, labels=(), steps_per_epoch=None,
-                references=(), out=None, title=None, y_range=None):
+                references=(), out=None, title=None, y_range=None,
+                start_steps=()):
   """Draws and saves the curves. Returns {'path', 'curves': [(label, steps,
-  values)], 'finals': {label: final value or None}}."""
+  values)], 'finals': {label: final value or None}}; each run's steps are
+  shifted by its `start_steps` entry (default 0)."""
   if labels and len(labels) != len(workdirs):
     raise errors.ConfigError(
         f'{len(labels)} --label for {len(workdirs)} --workdir: give one label '
         f'per workdir, or none (the workdirs name the curves).')
+  if start_steps and len(start_steps) != len(workdirs):
+    raise errors.ConfigError(
+        f'{len(start_steps)} --start_step for {len(workdirs)} --workdir: give '
+        f'one per workdir (0 for a run that started from scratch), or none.')
+  if any(step < 0 for step in start_steps):
+    raise errors.ConfigError(
+        f'--start_step={",".join(map(str, start_steps))}: steps are at '
+        f'least 0.')
   if y_range is not None:
     try:
       y_range = tuple(float(v) for v in y_range)
@@ -107,9 +123,10 @@ def draw_curves(workdirs, metric, labels=(), steps_per_epoch=None,
                             for w in workdirs]
   references = parse_references(references)
   curves, finals = [], {}
-  for workdir, label in zip(workdirs, labels):
+  for workdir, label, start in zip(workdirs, labels,
+                                   list(start_steps) or [0] * len(workdirs)):
     steps, values = periodic_evaluations(workdir, metric)
-    curves.append((label, steps, values))
+    curves.append((label, steps + start, values))
     final = workdir_lib.read_metrics_json(workdir) or {}
     finals[label] = final.get(metric)
   scale = steps_per_epoch or 1
@@ -134,6 +151,10 @@ def define_flags():
                       'accuracy).')
   flags.DEFINE_multi_string('label', [], 'One name per --workdir for the '
                             'legend (default: the workdirs\' names).')
+  flags.DEFINE_multi_integer('start_step', [], 'One per --workdir: the '
+                             'step its first step is drawn after (a run '
+                             'started by config.init_from from another '
+                             'run\'s step N: N); default 0.')
   flags.DEFINE_integer('steps_per_epoch', None, 'Draw epochs (steps / N) '
                        'instead of steps.')
   flags.DEFINE_multi_string('reference', [], 'NAME=VALUE: a dashed line at '
@@ -156,7 +177,8 @@ def main(argv):
   try:
     result = draw_curves(options.workdir, options.metric, options.label,
                          options.steps_per_epoch, options.reference,
-                         options.out, options.title, options.y_range)
+                         options.out, options.title, options.y_range,
+                         options.start_step)
   except errors.UserError as e:
     cli.fail(str(e))
   scale = options.steps_per_epoch
