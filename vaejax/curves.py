@@ -108,6 +108,7 @@ def draw_curves(workdirs, metric, labels=(), steps_per_epoch=None,
     raise errors.ConfigError(
         f'--start_step={",".join(map(str, start_steps))}: steps are at '
         f'least 0.')
+  start_steps = list(start_steps) or [0] * len(workdirs)
   if y_range is not None:
     try:
       y_range = tuple(float(v) for v in y_range)
@@ -123,8 +124,7 @@ def draw_curves(workdirs, metric, labels=(), steps_per_epoch=None,
                             for w in workdirs]
   references = parse_references(references)
   curves, finals = [], {}
-  for workdir, label, start in zip(workdirs, labels,
-                                   list(start_steps) or [0] * len(workdirs)):
+  for workdir, label, start in zip(workdirs, labels, start_steps):
     steps, values = periodic_evaluations(workdir, metric)
     curves.append((label, steps + start, values))
     final = workdir_lib.read_metrics_json(workdir) or {}
