@@ -23,6 +23,17 @@ the decoder is 2 blocks of width 64. AdamW (lr 1e-3, b2 0.95, weight decay
 the masked-patch MSE on the test set, the linear-probe accuracy of the
 (unmasked) encoder's features, and draws masked input / prediction /
 original rows.
+
+Measured (README "Masked autoencoders"; pretraining on one CPU core): 20 epochs,
+masked-patch MSE 0.0211 and probe 0.856 in about 1 h; `epochs=100`, 0.0161 and
+0.886 in about 3 h 52 min. Fine-tuned for 30 epochs from the 100-epoch run,
+
+  python -m vaejax.main --config \
+      experiments/classifier.py:vit,pretrained=workdirs/mae100,epochs=30,layer_decay=0.75 \
+      --workdir workdirs/vit_finetune30_mae100
+
+reaches test accuracy 0.9356, against 0.9134 for the same ViT from scratch
+(`experiments/classifier.py:vit,epochs=30`).
 """
 import ml_collections
 from ml_collections import config_dict
